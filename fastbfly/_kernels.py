@@ -1,0 +1,454 @@
+"""Numba kernels.  They assume valid, contiguous input: validate before calling.
+
+Storage layout (the only one in the package)
+--------------------------------------------
+A factor with pattern ``(a, b, c, d)`` is a C-ordered 4-D array ``T`` of shape
+``(a, b, c, d)``; as a matrix ``K`` of shape ``(a*b*d, a*c*d)``,
+
+    K[i*b*d + j*d + t, i*c*d + k*d + t] = T[i, j, k, t].
+
+The apply kernels take all factors of a chain at once as one flat ``values`` array (the
+factors' 4-D arrays raveled and concatenated, left-most factor first), an ``(L, 4)``
+int64 array of patterns and ``L + 1`` offsets into ``values``.  The product is
+``X_0 X_1 ⋯ X_{L-1}``: the last factor is applied to a vector first.
+
+Every kernel body is plain Python as well, so ``NUMBA_DISABLE_JIT=1`` runs (and covers)
+the same code.
+"""
+
+import math
+
+import numpy as np
+from numba import njit, prange
+
+# Blocks whose largest entry is outside [2**-SCALE_EXPONENT, 2**SCALE_EXPONENT] are
+# rescaled by an exact power of two first, so squares and Gram matrices cannot overflow
+# or flush to zero.
+SCALE_EXPONENT = 400
+# Smaller side of a block up to which the top singular pair comes from the Gram matrix
+# and a dense Hermitian eigensolver; above it, power iteration is tried first.
+GRAM_SIDE = 16
+
+
+# --------------------------------------------------------------------------------------
+# Two-factor split: block extraction + best rank-one approximation of every block.
+# --------------------------------------------------------------------------------------
+
+
+@njit(cache=True)
+def _top_pair_gram(M, rows, cols, u, w, gram):
+    """Top left singular vector ``u`` of ``M`` (rows × cols) via the Gram matrix of the
+    smaller side; then ``w = Mᴴ u``.  ``gram`` has room for ``min(rows, cols)**2``."""
+    if rows <= cols:
+        g = gram[: rows * rows].reshape((rows, rows))
+        # G = M Mᴴ (rows × rows)
+        for p in range(rows):
+            for q in range(p, rows):
+                acc = M[p, 0] * np.conj(M[q, 0])
+                for k in range(1, cols):
+                    acc += M[p, k] * np.conj(M[q, k])
+                g[p, q] = acc
+                g[q, p] = np.conj(acc)
+        _top_eigenvector(g, u)
+    else:
+        g = gram[: cols * cols].reshape((cols, cols))
+        # G = Mᴴ M (cols × cols); its top eigenvector is the right singular vector v
+        for p in range(cols):
+            for q in range(p, cols):
+                acc = np.conj(M[0, p]) * M[0, q]
+                for j in range(1, rows):
+                    acc += np.conj(M[j, p]) * M[j, q]
+                g[p, q] = acc
+                g[q, p] = np.conj(acc)
+        v = w[:cols]
+        _top_eigenvector(g, v)
+        # u = M v / ‖M v‖
+        norm2 = 0.0
+        for j in range(rows):
+            acc = M[j, 0] * v[0]
+            for k in range(1, cols):
+                acc += M[j, k] * v[k]
+            u[j] = acc
+            norm2 += abs(acc) ** 2
+        inv = 1.0 / math.sqrt(norm2)
+        for j in range(rows):
+            u[j] *= inv
+    _adjoint_times(M, rows, cols, u, w)
+
+
+@njit(cache=True)
+def _top_eigenvector(g, out):
+    """Unit eigenvector of the largest eigenvalue of the Hermitian matrix ``g``."""
+    n = g.shape[0]
+    if n == 1:
+        out[0] = 1.0
+        return
+    if n == 2:
+        # Closed form: far cheaper than a LAPACK call on millions of 2 × 2 blocks.
+        p = g[0, 0].real
+        s = g[1, 1].real
+        q = g[0, 1]
+        half_gap = 0.5 * (p - s)
+        lam = 0.5 * (p + s) + math.sqrt(half_gap * half_gap + abs(q) ** 2)
+        # Two algebraically equivalent eigenvectors; take the one without cancellation.
+        if p >= s:
+            x0 = lam - s
+            x1 = np.conj(q)
+        else:
+            x0 = q
+            x1 = lam - p
+        norm = math.sqrt(abs(x0) ** 2 + abs(x1) ** 2)
+        if norm == 0.0:
+            out[0] = 1.0
+            out[1] = 0.0
+        else:
+            out[0] = x0 / norm
+            out[1] = x1 / norm
+        return
+    _, vectors = np.linalg.eigh(g)
+    for p in range(n):
+        out[p] = vectors[p, n - 1]
+
+
+@njit(cache=True)
+def _adjoint_times(M, rows, cols, u, w):
+    """``w = Mᴴ u``; returns ``‖w‖``."""
+    norm2 = 0.0
+    for k in range(cols):
+        acc = np.conj(M[0, k]) * u[0]
+        for j in range(1, rows):
+            acc += np.conj(M[j, k]) * u[j]
+        w[k] = acc
+        norm2 += abs(acc) ** 2
+    return math.sqrt(norm2)
+
+
+@njit(cache=True)
+def _top_pair_power(M, rows, cols, u, v, w, gram, tol, max_iter):
+    """Power iteration on ``Mᴴ M`` for the top singular pair; falls back to the Gram
+    route if it has not converged after ``max_iter`` steps.  On return ``u`` is unit and
+    ``w = Mᴴ u`` (so ``u wᴴ`` is the rank-one approximation)."""
+    # Start from the (conjugated) largest row: exact in one step for a rank-one block.
+    best_row = 0
+    best_norm2 = -1.0
+    for j in range(rows):
+        norm2 = 0.0
+        for k in range(cols):
+            norm2 += abs(M[j, k]) ** 2
+        if norm2 > best_norm2:
+            best_norm2 = norm2
+            best_row = j
+    inv = 1.0 / math.sqrt(best_norm2)
+    for k in range(cols):
+        v[k] = np.conj(M[best_row, k]) * inv
+    sigma_old = 0.0
+    for _ in range(max_iter):
+        # u = M v / ‖M v‖
+        norm2 = 0.0
+        for j in range(rows):
+            acc = M[j, 0] * v[0]
+            for k in range(1, cols):
+                acc += M[j, k] * v[k]
+            u[j] = acc
+            norm2 += abs(acc) ** 2
+        if norm2 == 0.0:
+            break
+        inv = 1.0 / math.sqrt(norm2)
+        for j in range(rows):
+            u[j] *= inv
+        sigma = _adjoint_times(M, rows, cols, u, w)
+        # sigma grows monotonically to σ₁; once it stalls at rounding level we are done.
+        # The rank-one error depends on sigma only (‖M‖² − sigma²), so it is converged
+        # to working precision too.
+        if sigma <= sigma_old * (1.0 + tol):
+            return
+        sigma_old = sigma
+        inv = 1.0 / sigma
+        for k in range(cols):
+            v[k] = w[k] * inv
+    _top_pair_gram(M, rows, cols, u, w, gram)
+
+
+@njit(cache=True)
+def _solve_block(M, rows, cols, u, v, w, gram, tol):
+    """Fill ``u`` (unit) and ``w = Mᴴ u`` for the best rank-one approximation ``u wᴴ``."""
+    if rows == 1:
+        u[0] = 1.0
+        _adjoint_times(M, rows, cols, u, w)
+    elif min(rows, cols) <= GRAM_SIDE:
+        _top_pair_gram(M, rows, cols, u, w, gram)
+    else:
+        _top_pair_power(M, rows, cols, u, v, w, gram, tol, max(8, min(rows, cols) // 4))
+
+
+def _split_rank_one_py(node, columns, b1, c1, left, right, sigma_power, tol, n_chunks,
+                       chunk_norm2, chunk_residual2, chunk_bad):
+    """Best rank-one approximation of every independent block of a two-factor split.
+
+    Parameters
+    ----------
+    node : (a, B, C, d) array
+        Values of the node (any dtype of the four supported).
+    columns : (C,) int64 array
+        Column gather: block entries are read at ``node[i, row, columns[col], t]``
+        (the identity except at the root when a column permutation is applied).
+    b1, c1 : int
+        Rows per block of the left factor and column blocks of the left factor.
+    left : (a, b1, c1, b2*d) array
+        Output values of the left factor (``b2 = B / b1``).
+    right : (a*c1, b2, C2, d) array
+        Output values of the right factor (``C2 = C / c1``).
+    sigma_power : float
+        The left factor gets ``σ**sigma_power · u`` and the right
+        ``σ**(1-sigma_power) · vᴴ``: 1 pushes the scale into the left child (used with
+        orthonormalisation, which solves the left child next), 0.5 splits it evenly.
+    tol : float
+        Relative stopping tolerance of the power iteration.
+    n_chunks : int
+        Blocks are processed in this many contiguous chunks (one per parallel task).
+    chunk_norm2, chunk_residual2 : (n_chunks,) float64 arrays
+        Outputs: per chunk, the sum of ``‖M‖²`` and of ``‖M − σ u vᴴ‖²`` over blocks.
+    chunk_bad : (n_chunks,) int64 array
+        Output: number of blocks holding NaN or Inf, per chunk.
+
+    Notes
+    -----
+    Block ``(i, k1, j2, t)`` is the ``b1 × C2`` matrix
+    ``M[j1, k2] = node[i, j1*b2 + j2, columns[k1*C2 + k2], t]``; its rank-one
+    approximation ``σ u vᴴ`` is written to ``left[i, j1, k1, j2*d + t]`` (from ``u``) and
+    ``right[i*c1 + k1, j2, k2, t]`` (from ``vᴴ``).  Blocks are numbered with ``t``
+    fastest so that a chunk reads neighbouring memory.
+    """
+    a, big_b, big_c, d = node.shape
+    b2 = big_b // b1
+    c2 = big_c // c1
+    n_blocks = a * c1 * b2 * d
+    side = min(b1, c2)
+    for chunk in prange(n_chunks):
+        first = chunk * n_blocks // n_chunks
+        last = (chunk + 1) * n_blocks // n_chunks
+        M = np.empty((b1, c2), dtype=node.dtype)
+        u = np.empty(b1, dtype=node.dtype)
+        v = np.empty(c2, dtype=node.dtype)
+        w = np.empty(c2, dtype=node.dtype)
+        gram = np.empty(side * side, dtype=node.dtype)
+        norm2_sum = 0.0
+        residual2_sum = 0.0
+        bad = 0
+        for block in range(first, last):
+            t = block % d
+            rest = block // d
+            j2 = rest % b2
+            rest //= b2
+            k1 = rest % c1
+            i = rest // c1
+            # Gather the block; track the largest magnitude (NaN sticks once seen).
+            biggest = 0.0
+            for j1 in range(b1):
+                row = j1 * b2 + j2
+                for k2 in range(c2):
+                    value = node[i, row, columns[k1 * c2 + k2], t]
+                    M[j1, k2] = value
+                    magnitude = max(abs(value.real), abs(value.imag))
+                    if magnitude > biggest or magnitude != magnitude:
+                        biggest = magnitude
+            if not biggest < np.inf:  # NaN or Inf
+                bad += 1
+                biggest = 0.0
+            if biggest == 0.0:
+                for j1 in range(b1):
+                    left[i, j1, k1, j2 * d + t] = 0.0
+                for k2 in range(c2):
+                    right[i * c1 + k1, j2, k2, t] = 0.0
+                continue
+            scale = 1.0
+            exponent = math.frexp(biggest)[1]
+            if exponent > SCALE_EXPONENT or exponent < -SCALE_EXPONENT:
+                scale = math.ldexp(1.0, exponent)
+                inv_scale = math.ldexp(1.0, -exponent)
+                for j1 in range(b1):
+                    for k2 in range(c2):
+                        M[j1, k2] *= inv_scale
+            norm2 = 0.0
+            for j1 in range(b1):
+                for k2 in range(c2):
+                    norm2 += abs(M[j1, k2]) ** 2
+            _solve_block(M, b1, c2, u, v, w, gram, tol)
+            sigma2 = 0.0
+            for k2 in range(c2):
+                sigma2 += abs(w[k2]) ** 2
+            sigma = math.sqrt(sigma2)
+            norm2_sum += norm2 * scale * scale
+            residual2_sum += max(norm2 - sigma2, 0.0) * scale * scale
+            if sigma == 0.0:
+                left_scale = 0.0
+                right_scale = 0.0
+            else:
+                true_sigma = sigma * scale
+                left_scale = true_sigma ** sigma_power
+                # right = conj(w)/σ · σ**(1-p), with w still in the scaled units
+                right_scale = (scale / true_sigma) * true_sigma ** (1.0 - sigma_power)
+            for j1 in range(b1):
+                left[i, j1, k1, j2 * d + t] = u[j1] * left_scale
+            for k2 in range(c2):
+                right[i * c1 + k1, j2, k2, t] = np.conj(w[k2]) * right_scale
+        chunk_norm2[chunk] = norm2_sum
+        chunk_residual2[chunk] = residual2_sum
+        chunk_bad[chunk] = bad
+
+
+split_rank_one_serial = njit(cache=True)(_split_rank_one_py)
+split_rank_one_parallel = njit(cache=True, parallel=True)(_split_rank_one_py)
+
+
+# --------------------------------------------------------------------------------------
+# Applying a chain of factors.
+# --------------------------------------------------------------------------------------
+
+
+@njit(cache=True)
+def _factor_vec(values, offset, a, b, c, d, src, dst):
+    """``dst = K src`` for one factor, one vector (innermost loop over contiguous t)."""
+    for i in range(a):
+        for j in range(b):
+            out = (i * b + j) * d
+            for t in range(d):
+                dst[out + t] = 0.0
+            for k in range(c):
+                base = offset + ((i * b + j) * c + k) * d
+                inp = (i * c + k) * d
+                for t in range(d):
+                    dst[out + t] += values[base + t] * src[inp + t]
+
+
+@njit(cache=True)
+def _factor_vec_adjoint(values, offset, a, b, c, d, src, dst, conjugate):
+    """``dst = Kᴴ src`` (or ``Kᵀ src`` when not ``conjugate``) for one factor."""
+    for i in range(a):
+        for k in range(c):
+            out = (i * c + k) * d
+            for t in range(d):
+                dst[out + t] = 0.0
+        for j in range(b):
+            inp = (i * b + j) * d
+            for k in range(c):
+                base = offset + ((i * b + j) * c + k) * d
+                out = (i * c + k) * d
+                if conjugate:
+                    for t in range(d):
+                        dst[out + t] += np.conj(values[base + t]) * src[inp + t]
+                else:
+                    for t in range(d):
+                        dst[out + t] += values[base + t] * src[inp + t]
+
+
+@njit(cache=True)
+def apply_chain_vec(values, patterns, offsets, x, out, adjoint, conjugate):
+    """Apply the whole chain (or its adjoint/transpose) to one vector ``x`` into ``out``.
+
+    Forward: factors are applied last to first.  Adjoint: first to last, each
+    transposed (and conjugated when ``conjugate``).
+    """
+    n_factors = patterns.shape[0]
+    size = max(x.shape[0], out.shape[0])
+    for f in range(n_factors):
+        size = max(size, patterns[f, 0] * patterns[f, 1] * patterns[f, 3])
+    buffers = np.empty((2, size), dtype=out.dtype)
+    src = x
+    for step in range(n_factors):
+        f = n_factors - 1 - step if not adjoint else step
+        a, b, c, d = patterns[f, 0], patterns[f, 1], patterns[f, 2], patterns[f, 3]
+        n_out = a * c * d if adjoint else a * b * d
+        dst = out if step == n_factors - 1 else buffers[step % 2, :n_out]
+        if adjoint:
+            _factor_vec_adjoint(values, offsets[f], a, b, c, d, src, dst, conjugate)
+        else:
+            _factor_vec(values, offsets[f], a, b, c, d, src, dst)
+        src = dst
+
+
+@njit(cache=True)
+def _factor_mat(values, offset, a, b, c, d, src, dst):
+    """``dst = K src`` for one factor, ``src`` of shape (n, m) C-ordered: the innermost
+    loop runs over the m right-hand sides, so each factor value is loaded once."""
+    m = src.shape[1]
+    for i in range(a):
+        for j in range(b):
+            out = (i * b + j) * d
+            for t in range(d):
+                for r in range(m):
+                    dst[out + t, r] = 0.0
+            for k in range(c):
+                base = offset + ((i * b + j) * c + k) * d
+                inp = (i * c + k) * d
+                for t in range(d):
+                    value = values[base + t]
+                    for r in range(m):
+                        dst[out + t, r] += value * src[inp + t, r]
+
+
+@njit(cache=True)
+def _factor_mat_adjoint(values, offset, a, b, c, d, src, dst, conjugate):
+    m = src.shape[1]
+    for i in range(a):
+        for k in range(c):
+            out = (i * c + k) * d
+            for t in range(d):
+                for r in range(m):
+                    dst[out + t, r] = 0.0
+        for j in range(b):
+            inp = (i * b + j) * d
+            for k in range(c):
+                base = offset + ((i * b + j) * c + k) * d
+                out = (i * c + k) * d
+                for t in range(d):
+                    value = values[base + t]
+                    if conjugate:
+                        value = np.conj(value)
+                    for r in range(m):
+                        dst[out + t, r] += value * src[inp + t, r]
+
+
+@njit(cache=True)
+def _chain_mat(values, patterns, offsets, x, out, adjoint, conjugate):
+    n_factors = patterns.shape[0]
+    m = x.shape[1]
+    size = max(x.shape[0], out.shape[0])
+    for f in range(n_factors):
+        size = max(size, patterns[f, 0] * patterns[f, 1] * patterns[f, 3])
+    buffers = np.empty((2, size, m), dtype=out.dtype)
+    src = x
+    for step in range(n_factors):
+        f = n_factors - 1 - step if not adjoint else step
+        a, b, c, d = patterns[f, 0], patterns[f, 1], patterns[f, 2], patterns[f, 3]
+        n_out = a * c * d if adjoint else a * b * d
+        dst = out if step == n_factors - 1 else buffers[step % 2, :n_out]
+        if adjoint:
+            _factor_mat_adjoint(values, offsets[f], a, b, c, d, src, dst, conjugate)
+        else:
+            _factor_mat(values, offsets[f], a, b, c, d, src, dst)
+        src = dst
+
+
+def _apply_chain_mat_py(values, patterns, offsets, x, out, adjoint, conjugate, n_chunks):
+    """Apply the chain to the columns of ``x`` (n_in, m) into ``out`` (n_out, m).
+
+    Columns are cut into ``n_chunks`` groups processed independently (in parallel in the
+    parallel build); each group is copied to a contiguous buffer so that every factor
+    pass streams through memory.
+    """
+    m = x.shape[1]
+    for chunk in prange(n_chunks):
+        first = chunk * m // n_chunks
+        last = (chunk + 1) * m // n_chunks
+        if n_chunks == 1:
+            _chain_mat(values, patterns, offsets, x, out, adjoint, conjugate)
+        else:
+            block_in = np.ascontiguousarray(x[:, first:last])
+            block_out = np.empty((out.shape[0], last - first), dtype=out.dtype)
+            _chain_mat(values, patterns, offsets, block_in, block_out, adjoint, conjugate)
+            out[:, first:last] = block_out
+
+
+apply_chain_mat_serial = njit(cache=True)(_apply_chain_mat_py)
+apply_chain_mat_parallel = njit(cache=True, parallel=True)(_apply_chain_mat_py)

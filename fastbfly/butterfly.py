@@ -1,0 +1,361 @@
+"""The butterfly matrix object: factors, permutations, products."""
+
+from __future__ import annotations
+
+import numpy as np
+import numba
+
+from . import _kernels
+from .patterns import Chain, Pattern
+from .permutations import validate_permutation
+
+__all__ = ["Factor", "Butterfly", "SUPPORTED_DTYPES"]
+
+SUPPORTED_DTYPES = tuple(np.dtype(t) for t in (np.float32, np.float64, np.complex64, np.complex128))
+
+# Below this many multiply-adds a parallel region costs more than it saves on small
+# machines (thread wake-up is ~milliseconds with some threading layers).
+PARALLEL_MIN_WORK = 1 << 22
+# Right-hand sides per parallel task, so the innermost loop still vectorises.
+MIN_COLUMNS_PER_TASK = 8
+
+
+class Factor:
+    """One Kronecker-sparse factor: a pattern and its block-compressed values.
+
+    Parameters
+    ----------
+    pattern : Pattern or 4-tuple
+        ``(a, b, c, d)``: the support ``I_a ⊗ 1_{b×c} ⊗ I_d``.
+    values : (a, b, c, d) array_like
+        ``values[i, j, k, t]`` is the entry at row ``i*b*d + j*d + t`` and column
+        ``i*c*d + k*d + t`` (see :mod:`fastbfly._kernels` for the layout).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> f = Factor((1, 2, 2, 1), np.array([[[[1.0], [2.0]], [[3.0], [4.0]]]]))
+    >>> f.toarray()
+    array([[1., 2.],
+           [3., 4.]])
+    """
+
+    def __init__(self, pattern, values):
+        self.pattern = Pattern.of(pattern)
+        values = np.asarray(values)
+        if values.dtype not in SUPPORTED_DTYPES:
+            raise TypeError(
+                f"factor values must have one of the dtypes "
+                f"{[str(t) for t in SUPPORTED_DTYPES]}, got {values.dtype}"
+            )
+        if values.shape != tuple(self.pattern):
+            raise ValueError(
+                f"factor values of pattern {tuple(self.pattern)} must have that shape, "
+                f"got {values.shape}"
+            )
+        self.values = values
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return self.pattern.shape
+
+    @property
+    def dtype(self) -> np.dtype:
+        return self.values.dtype
+
+    @property
+    def nnz(self) -> int:
+        return self.pattern.nnz
+
+    def _coordinates(self):
+        """Row and column of every stored value, in the values' C order."""
+        a, b, c, d = self.pattern
+        i, j, k, t = np.indices((a, b, c, d), sparse=True)
+        return ((i * b + j) * d + t), ((i * c + k) * d + t)
+
+    def toarray(self) -> np.ndarray:
+        """Dense ``(a*b*d, a*c*d)`` matrix of this factor."""
+        rows, cols = self._coordinates()
+        dense = np.zeros(self.shape, dtype=self.dtype)
+        dense[rows, cols] = self.values
+        return dense
+
+    def tosparse(self):
+        """This factor as a ``scipy.sparse.csr_array``."""
+        from scipy import sparse
+
+        rows, cols = self._coordinates()
+        rows, cols = np.broadcast_arrays(rows, cols)
+        return sparse.csr_array(
+            (self.values.ravel(), (rows.ravel(), cols.ravel())), shape=self.shape
+        )
+
+    def adjoint(self, conjugate: bool = True) -> "Factor":
+        """The factor's conjugate transpose (or transpose), pattern ``(a, c, b, d)``."""
+        values = self.values.transpose(0, 2, 1, 3)
+        values = np.conj(values) if conjugate else values
+        return Factor(self.pattern.adjoint, np.ascontiguousarray(values))
+
+    def __repr__(self) -> str:
+        return f"Factor({self.pattern!r}, dtype={self.dtype})"
+
+
+class Butterfly:
+    """A product of Kronecker-sparse factors with optional row and column permutations.
+
+    The matrix represented is ``P_rowᵀ X_1 X_2 ⋯ X_L P_colᵀ``: a vector ``x`` is first
+    permuted, ``x[perm]``, then the factors are applied right to left (``X_L`` first),
+    then the result is scattered back by ``row_perm`` (``y[row_perm] = ...``).  In other
+    words ``M[row_perm][:, perm] == X_1 ⋯ X_L``.
+
+    Most users get a `Butterfly` from :func:`fastbfly.factorize`.
+
+    Parameters
+    ----------
+    factors : sequence of Factor
+        Left-most first; consecutive patterns must be chainable and of one dtype.
+    perm, row_perm : (n,) / (m,) int array, optional
+        Column and row permutations (``None``: identity).
+    info : dict, optional
+        Free-form information from the factorization (errors, timings, choices).
+
+    Notes
+    -----
+    All factor values live in one flat buffer (``L`` 4-D arrays raveled and
+    concatenated), which the Numba kernels consume without copying.
+
+    Examples
+    --------
+    >>> import numpy as np, fastbfly
+    >>> B = fastbfly.hadamard_butterfly(4)
+    >>> B.toarray()
+    array([[ 1.,  1.,  1.,  1.],
+           [ 1., -1.,  1., -1.],
+           [ 1.,  1., -1., -1.],
+           [ 1., -1., -1.,  1.]])
+    >>> B @ np.ones(4)
+    array([4., 0., 0., 0.])
+    """
+
+    __array_priority__ = 100  # so that ``ndarray @ B`` defers to ``B.__rmatmul__``
+
+    def __init__(self, factors, perm=None, row_perm=None, info=None):
+        factors = list(factors)
+        if not factors:
+            raise ValueError("a Butterfly needs at least one factor")
+        for factor in factors:
+            if not isinstance(factor, Factor):
+                raise TypeError(f"factors must be Factor objects, got {type(factor).__name__}")
+        dtypes = {f.dtype for f in factors}
+        if len(dtypes) != 1:
+            raise TypeError(f"all factors must have one dtype, got {sorted(map(str, dtypes))}")
+        self.chain = Chain([f.pattern for f in factors])
+        self.dtype = factors[0].dtype
+        sizes = [f.nnz for f in factors]
+        self._offsets = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
+        self._values = np.empty(self._offsets[-1], dtype=self.dtype)
+        self.factors = []
+        for factor, start, stop in zip(factors, self._offsets[:-1], self._offsets[1:]):
+            view = self._values[start:stop].reshape(tuple(factor.pattern))
+            view[...] = factor.values
+            self.factors.append(Factor(factor.pattern, view))
+        self._patterns = np.array([tuple(f.pattern) for f in factors], dtype=np.int64)
+        m, n = self.chain.shape
+        self.perm = None if perm is None else validate_permutation(perm, n, "perm")
+        self.row_perm = None if row_perm is None else validate_permutation(row_perm, m, "row_perm")
+        self.info = {} if info is None else dict(info)
+        self._cast_values = {self.dtype: self._values}
+
+    # ---------------------------------------------------------------- properties
+    @property
+    def shape(self) -> tuple[int, int]:
+        return self.chain.shape
+
+    @property
+    def ndim(self) -> int:
+        return 2
+
+    @property
+    def nnz(self) -> int:
+        """Number of stored factor values."""
+        return int(self._values.size)
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes held by factor values and permutations."""
+        total = self._values.nbytes
+        for p in (self.perm, self.row_perm):
+            if p is not None:
+                total += p.nbytes
+        return total
+
+    def __repr__(self) -> str:
+        return (
+            f"<Butterfly {self.shape[0]}x{self.shape[1]} dtype={self.dtype} "
+            f"factors={len(self.factors)} nnz={self.nnz} "
+            f"perm={'yes' if self.perm is not None else 'no'}>"
+        )
+
+    # ---------------------------------------------------------------- products
+    def matvec(self, x) -> np.ndarray:
+        """``B @ x`` for ``x`` of shape ``(n,)`` or ``(n, 1)``."""
+        x = np.asarray(x)
+        if x.ndim == 2 and x.shape[1] != 1:
+            raise ValueError(f"matvec expects shape ({self.shape[1]},) or ({self.shape[1]}, 1), got {x.shape}")
+        return self._apply(x, adjoint=False, conjugate=False)
+
+    def rmatvec(self, x) -> np.ndarray:
+        """``Bᴴ @ x`` (conjugate transpose) for ``x`` of shape ``(m,)`` or ``(m, 1)``."""
+        x = np.asarray(x)
+        if x.ndim == 2 and x.shape[1] != 1:
+            raise ValueError(f"rmatvec expects shape ({self.shape[0]},) or ({self.shape[0]}, 1), got {x.shape}")
+        return self._apply(x, adjoint=True, conjugate=True)
+
+    def matmat(self, X) -> np.ndarray:
+        """``B @ X`` for ``X`` of shape ``(n, k)``."""
+        X = np.asarray(X)
+        if X.ndim != 2:
+            raise ValueError(f"matmat expects a 2-D array, got shape {X.shape}")
+        return self._apply(X, adjoint=False, conjugate=False)
+
+    def rmatmat(self, X) -> np.ndarray:
+        """``Bᴴ @ X`` for ``X`` of shape ``(m, k)``."""
+        X = np.asarray(X)
+        if X.ndim != 2:
+            raise ValueError(f"rmatmat expects a 2-D array, got shape {X.shape}")
+        return self._apply(X, adjoint=True, conjugate=True)
+
+    def __matmul__(self, x):
+        if isinstance(x, Butterfly):
+            return NotImplemented
+        return self._apply(np.asarray(x), adjoint=False, conjugate=False)
+
+    def __rmatmul__(self, x):
+        # x @ B == (Bᵀ @ xᵀ)ᵀ
+        x = np.asarray(x)
+        if x.ndim == 1:
+            return self._apply(x, adjoint=True, conjugate=False)
+        if x.ndim == 2:
+            return self._apply(x.T, adjoint=True, conjugate=False).T
+        raise ValueError(f"x @ B expects a 1-D or 2-D x, got shape {x.shape}")
+
+    def dot(self, x):
+        """Same as ``B @ x``."""
+        return self @ x
+
+    def toarray(self) -> np.ndarray:
+        """The dense matrix (``O(m n log n)`` work; for checks and small sizes)."""
+        identity = np.eye(self.shape[1], dtype=self.dtype)
+        return self.matmat(identity)
+
+    def tosparse(self) -> list:
+        """Factors as ``scipy.sparse.csr_array`` matrices, left-most first, with the
+        row permutation first and the column permutation last when present, so that
+        the product of the list is ``B``."""
+        from scipy import sparse
+
+        matrices = [f.tosparse() for f in self.factors]
+        m, n = self.shape
+        if self.row_perm is not None:
+            ones = np.ones(m, dtype=self.dtype)
+            matrices.insert(0, sparse.csr_array((ones, (self.row_perm, np.arange(m))), shape=(m, m)))
+        if self.perm is not None:
+            ones = np.ones(n, dtype=self.dtype)
+            matrices.append(sparse.csr_array((ones, (np.arange(n), self.perm)), shape=(n, n)))
+        return matrices
+
+    # ---------------------------------------------------------------- adjoints
+    def _adjoint(self, conjugate: bool) -> "Butterfly":
+        factors = [f.adjoint(conjugate) for f in reversed(self.factors)]
+        return Butterfly(factors, perm=self.row_perm, row_perm=self.perm)
+
+    @property
+    def H(self) -> "Butterfly":
+        """Conjugate transpose, as a new `Butterfly`."""
+        return self._adjoint(conjugate=True)
+
+    @property
+    def T(self) -> "Butterfly":
+        """Transpose, as a new `Butterfly`."""
+        return self._adjoint(conjugate=False)
+
+    def conj(self) -> "Butterfly":
+        """Complex conjugate, as a new `Butterfly`."""
+        factors = [Factor(f.pattern, np.conj(f.values)) for f in self.factors]
+        return Butterfly(factors, perm=self.perm, row_perm=self.row_perm)
+
+    def aslinearoperator(self):
+        """This matrix as a :class:`fastbfly.ButterflyOperator` (a scipy LinearOperator)."""
+        from .operator import ButterflyOperator
+
+        return ButterflyOperator(self)
+
+    # ---------------------------------------------------------------- kernel call
+    def _apply(self, x: np.ndarray, adjoint: bool, conjugate: bool) -> np.ndarray:
+        """Validate ``x``, apply ``B`` (or ``Bᴴ``/``Bᵀ``) with the Numba kernels."""
+        if x.dtype.kind not in "biufc":
+            raise TypeError(f"x must be a numeric array, got dtype {x.dtype}")
+        if x.ndim not in (1, 2):
+            raise ValueError(f"x must be 1-D or 2-D, got shape {x.shape}")
+        m, n = self.shape
+        n_in, n_out = (m, n) if adjoint else (n, m)
+        if x.shape[0] != n_in:
+            op = "B^H @ x" if adjoint else "B @ x"
+            raise ValueError(f"{op} needs x with {n_in} rows, got shape {x.shape}")
+        out_dtype = np.result_type(self.dtype, x.dtype)
+        if out_dtype not in SUPPORTED_DTYPES:
+            raise TypeError(f"cannot compute with dtype {out_dtype} (from x.dtype {x.dtype})")
+        gather, scatter = (self.row_perm, self.perm) if adjoint else (self.perm, self.row_perm)
+
+        squeeze = x.ndim == 1
+        x2 = x.reshape(n_in, -1)
+        if gather is not None:
+            x2 = x2[gather]  # fancy indexing: a fresh C-ordered copy
+        x2 = np.ascontiguousarray(x2, dtype=out_dtype)
+        if not x2.flags.writeable:  # e.g. a read-only caller array: the kernel wants one type
+            x2 = x2.copy()
+        n_columns = x2.shape[1]
+
+        if out_dtype.kind == "c" and self.dtype.kind == "f":
+            # Real factors on complex data: treat real and imaginary parts as two real
+            # columns each (a free view) instead of casting every factor to complex.
+            real = np.dtype(out_dtype.char.lower())
+            values = self._values_as(real)
+            x2 = x2.view(real)
+            result = np.empty((n_out, x2.shape[1]), dtype=real)
+            self._run(values, x2, result, adjoint, conjugate, prefer_vec=False)
+            result = result.view(out_dtype)
+        else:
+            values = self._values_as(out_dtype)
+            result = np.empty((n_out, n_columns), dtype=out_dtype)
+            self._run(values, x2, result, adjoint, conjugate, prefer_vec=True)
+
+        if scatter is not None:
+            scattered = np.empty_like(result)
+            scattered[scatter] = result
+            result = scattered
+        return result[:, 0] if squeeze else result
+
+    def _values_as(self, dtype: np.dtype) -> np.ndarray:
+        cached = self._cast_values.get(dtype)
+        if cached is None:
+            cached = self._values.astype(dtype)
+            self._cast_values[dtype] = cached
+        return cached
+
+    def _run(self, values, x2, out, adjoint, conjugate, prefer_vec):
+        n_columns = x2.shape[1]
+        if n_columns == 1 and prefer_vec:
+            _kernels.apply_chain_vec(
+                values, self._patterns, self._offsets, x2[:, 0], out[:, 0], adjoint, conjugate
+            )
+            return
+        n_tasks = min(numba.get_num_threads(), n_columns // MIN_COLUMNS_PER_TASK)
+        if n_tasks >= 2 and self.nnz * n_columns >= PARALLEL_MIN_WORK:
+            _kernels.apply_chain_mat_parallel(
+                values, self._patterns, self._offsets, x2, out, adjoint, conjugate, n_tasks
+            )
+        else:
+            _kernels.apply_chain_mat_serial(
+                values, self._patterns, self._offsets, x2, out, adjoint, conjugate, 1
+            )

@@ -1,0 +1,97 @@
+"""Command line: ``python -m fastbfly demo`` and ``python -m fastbfly factorize``."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+
+import numpy as np
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m fastbfly", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    demo = commands.add_parser("demo", help="factorize the DFT (exact and noisy) and time it")
+    demo.add_argument("--size", type=int, default=1024, help="power of two (default 1024)")
+    demo.add_argument("--noise", type=float, default=0.1, help="relative noise level (default 0.1)")
+    demo.add_argument("--seed", type=int, default=0)
+
+    fact = commands.add_parser("factorize", help="factorize a matrix stored as .npy")
+    fact.add_argument("input", help="square power-of-two matrix in a .npy file")
+    fact.add_argument("-o", "--output", required=True, help="destination .npz file")
+    fact.add_argument("--tree", default="balanced",
+                      choices=["balanced", "left-to-right", "right-to-left"])
+    fact.add_argument("--perm", default=None, help="'bitrev' or a .npy file of column indices")
+    fact.add_argument("--no-orthonormalize", action="store_true")
+
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "demo":
+            return _demo(args.size, args.noise, args.seed)
+        return _factorize(args)
+    except (ValueError, TypeError, OSError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+
+
+def _progress(done: int, total: int) -> None:
+    print(f"\r  split {done}/{total}", end="" if done < total else "\n", file=sys.stderr, flush=True)
+
+
+def _factorize(args) -> int:
+    import fastbfly
+
+    matrix = np.load(args.input, mmap_mode="r", allow_pickle=False)
+    perm = args.perm
+    if perm is not None and perm != "bitrev":
+        perm = np.load(perm, allow_pickle=False)
+    started = time.perf_counter()
+    B = fastbfly.factorize(matrix, tree=args.tree, perm=perm,
+                           orthonormalize=not args.no_orthonormalize, progress=_progress)
+    seconds = time.perf_counter() - started
+    fastbfly.save(args.output, B)
+    print(f"{B!r}")
+    print(f"relative error {B.info['relative_error']:.3e}, {seconds:.2f} s, "
+          f"{B.nnz} stored values ({B.nnz / matrix.size:.2%} of dense), saved to {args.output}")
+    return 0
+
+
+def _demo(size: int, noise: float, seed: int) -> int:
+    import numba
+
+    import fastbfly
+
+    rng = np.random.default_rng(seed)
+    dft = np.fft.fft(np.eye(size))
+    noise_matrix = rng.standard_normal((size, size)) + 1j * rng.standard_normal((size, size))
+    noisy = dft + noise * np.linalg.norm(dft) / np.linalg.norm(noise_matrix) * noise_matrix
+    x = rng.standard_normal(size) + 1j * rng.standard_normal(size)
+
+    print(f"fastbfly {fastbfly.__version__}: DFT of size {size}, bit-reversal permutation, "
+          f"balanced tree ({numba.get_num_threads()} threads, first call includes JIT compile)")
+    fastbfly.factorize(dft[:8, :8], perm="bitrev") @ x[:8]  # compile outside the timings
+    for label, target in (("exact DFT", dft), (f"DFT + {noise:g} noise", noisy)):
+        started = time.perf_counter()
+        B = fastbfly.factorize(target, perm="bitrev")
+        seconds = time.perf_counter() - started
+        error = np.linalg.norm(B.toarray() - target) / np.linalg.norm(target)
+        error_clean = np.linalg.norm(B.toarray() - dft) / np.linalg.norm(dft)
+        fast = _best_time(lambda: B @ x)
+        dense = _best_time(lambda: target @ x)
+        print(f"  {label:18s} error {error:.2e} (to clean DFT {error_clean:.2e})  "
+              f"factorize {seconds:.3f} s  stored {B.nnz} values "
+              f"({B.nnz / target.size:.2%} of dense)  "
+              f"B @ x {fast * 1e6:.0f} us vs dense {dense * 1e6:.0f} us ({dense / fast:.1f}x)")
+    return 0
+
+
+def _best_time(call, repeat: int = 20) -> float:
+    call()
+    best = float("inf")
+    for _ in range(repeat):
+        started = time.perf_counter()
+        call()
+        best = min(best, time.perf_counter() - started)
+    return best
