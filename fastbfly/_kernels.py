@@ -25,9 +25,9 @@ from numba import njit, prange
 # rescaled by an exact power of two first, so squares and Gram matrices cannot overflow
 # or flush to zero.
 SCALE_EXPONENT = 400
-# Smaller side of a block up to which the top singular pair comes from the Gram matrix
-# and a dense Hermitian eigensolver; above it, power iteration is tried first.
-GRAM_SIDE = 16
+# Blocks with a side of at most 2 use the closed-form 2 × 2 Gram eigenpair; larger
+# ones use power iteration, with a dense Hermitian eigensolver as the fallback.
+GRAM_SIDE = 2
 
 
 # --------------------------------------------------------------------------------------
@@ -35,45 +35,38 @@ GRAM_SIDE = 16
 # --------------------------------------------------------------------------------------
 
 
+@njit(cache=True, inline="always")
+def _abs2(z):
+    """``|z|²`` without the square root of ``abs``."""
+    return z.real * z.real + z.imag * z.imag
+
+
 @njit(cache=True)
-def _top_pair_gram(M, rows, cols, u, w, gram):
-    """Top left singular vector ``u`` of ``M`` (rows × cols) via the Gram matrix of the
-    smaller side; then ``w = Mᴴ u``.  ``gram`` has room for ``min(rows, cols)**2``."""
-    if rows <= cols:
-        g = gram[: rows * rows].reshape((rows, rows))
-        # G = M Mᴴ (rows × rows)
-        for p in range(rows):
-            for q in range(p, rows):
-                acc = M[p, 0] * np.conj(M[q, 0])
-                for k in range(1, cols):
-                    acc += M[p, k] * np.conj(M[q, k])
-                g[p, q] = acc
-                g[q, p] = np.conj(acc)
-        _top_eigenvector(g, u)
-    else:
-        g = gram[: cols * cols].reshape((cols, cols))
-        # G = Mᴴ M (cols × cols); its top eigenvector is the right singular vector v
-        for p in range(cols):
-            for q in range(p, cols):
-                acc = np.conj(M[0, p]) * M[0, q]
-                for j in range(1, rows):
-                    acc += np.conj(M[j, p]) * M[j, q]
-                g[p, q] = acc
-                g[q, p] = np.conj(acc)
-        v = w[:cols]
-        _top_eigenvector(g, v)
-        # u = M v / ‖M v‖
-        norm2 = 0.0
-        for j in range(rows):
-            acc = M[j, 0] * v[0]
-            for k in range(1, cols):
-                acc += M[j, k] * v[k]
-            u[j] = acc
-            norm2 += abs(acc) ** 2
-        inv = 1.0 / math.sqrt(norm2)
-        for j in range(rows):
-            u[j] *= inv
-    _adjoint_times(M, rows, cols, u, w)
+def _times(M, rows, cols, v, u):
+    """``u = M v``; returns ``‖u‖²``."""
+    norm2 = 0.0
+    for j in range(rows):
+        acc = M[j, 0] * v[0]
+        for k in range(1, cols):
+            acc += M[j, k] * v[k]
+        u[j] = acc
+        norm2 += _abs2(acc)
+    return norm2
+
+
+@njit(cache=True)
+def _adjoint_times(M, rows, cols, u, w):
+    """``w = Mᴴ u``; returns ``‖w‖²``.  Row-wise, so ``M`` is read contiguously."""
+    for k in range(cols):
+        w[k] = 0.0
+    for j in range(rows):
+        coefficient = u[j]
+        for k in range(cols):
+            w[k] += np.conj(M[j, k]) * coefficient
+    norm2 = 0.0
+    for k in range(cols):
+        norm2 += _abs2(w[k])
+    return norm2
 
 
 @njit(cache=True)
@@ -89,7 +82,7 @@ def _top_eigenvector(g, out):
         s = g[1, 1].real
         q = g[0, 1]
         half_gap = 0.5 * (p - s)
-        lam = 0.5 * (p + s) + math.sqrt(half_gap * half_gap + abs(q) ** 2)
+        lam = 0.5 * (p + s) + math.sqrt(half_gap * half_gap + _abs2(q))
         # Two algebraically equivalent eigenvectors; take the one without cancellation.
         if p >= s:
             x0 = lam - s
@@ -97,8 +90,8 @@ def _top_eigenvector(g, out):
         else:
             x0 = q
             x1 = lam - p
-        norm = math.sqrt(abs(x0) ** 2 + abs(x1) ** 2)
-        if norm == 0.0:
+        norm = math.sqrt(_abs2(x0) + _abs2(x1))
+        if norm == 0.0:  # g == 0
             out[0] = 1.0
             out[1] = 0.0
         else:
@@ -111,123 +104,128 @@ def _top_eigenvector(g, out):
 
 
 @njit(cache=True)
-def _adjoint_times(M, rows, cols, u, w):
-    """``w = Mᴴ u``; returns ``‖w‖``."""
-    norm2 = 0.0
-    for k in range(cols):
-        acc = np.conj(M[0, k]) * u[0]
-        for j in range(1, rows):
-            acc += np.conj(M[j, k]) * u[j]
-        w[k] = acc
-        norm2 += abs(acc) ** 2
-    return math.sqrt(norm2)
-
-
-@njit(cache=True)
-def _top_pair_power(M, rows, cols, u, v, w, gram, tol, max_iter):
-    """Power iteration on ``Mᴴ M`` for the top singular pair; falls back to the Gram
-    route if it has not converged after ``max_iter`` steps.  On return ``u`` is unit and
-    ``w = Mᴴ u`` (so ``u wᴴ`` is the rank-one approximation)."""
-    # Start from the (conjugated) largest row: exact in one step for a rank-one block.
-    best_row = 0
-    best_norm2 = -1.0
+def _top_left_vector_gram(M, rows, cols, u, v, gram):
+    """Top left singular vector ``u`` of ``M`` from the Gram matrix of its smaller side
+    (``v`` and ``gram`` are workspace)."""
+    if rows <= cols:
+        g = gram[: rows * rows].reshape((rows, rows))
+        for p in range(rows):  # G = M Mᴴ
+            for q in range(p, rows):
+                acc = M[p, 0] * np.conj(M[q, 0])
+                for k in range(1, cols):
+                    acc += M[p, k] * np.conj(M[q, k])
+                g[p, q] = acc
+                g[q, p] = np.conj(acc)
+        _top_eigenvector(g, u)
+        return
+    g = gram[: cols * cols].reshape((cols, cols))
+    for p in range(cols):  # G = Mᴴ M; its top eigenvector is the right singular vector
+        for q in range(p, cols):
+            acc = np.conj(M[0, p]) * M[0, q]
+            for j in range(1, rows):
+                acc += np.conj(M[j, p]) * M[j, q]
+            g[p, q] = acc
+            g[q, p] = np.conj(acc)
+    _top_eigenvector(g, v)
+    norm2 = _times(M, rows, cols, v, u)
+    inv = 1.0 / math.sqrt(norm2)
     for j in range(rows):
-        norm2 = 0.0
-        for k in range(cols):
-            norm2 += abs(M[j, k]) ** 2
-        if norm2 > best_norm2:
-            best_norm2 = norm2
-            best_row = j
-    inv = 1.0 / math.sqrt(best_norm2)
-    for k in range(cols):
-        v[k] = np.conj(M[best_row, k]) * inv
-    sigma_old = 0.0
-    for _ in range(max_iter):
-        # u = M v / ‖M v‖
-        norm2 = 0.0
-        for j in range(rows):
-            acc = M[j, 0] * v[0]
-            for k in range(1, cols):
-                acc += M[j, k] * v[k]
-            u[j] = acc
-            norm2 += abs(acc) ** 2
-        if norm2 == 0.0:
-            break
-        inv = 1.0 / math.sqrt(norm2)
-        for j in range(rows):
-            u[j] *= inv
-        sigma = _adjoint_times(M, rows, cols, u, w)
-        # sigma grows monotonically to σ₁; once it stalls at rounding level we are done.
-        # The rank-one error depends on sigma only (‖M‖² − sigma²), so it is converged
-        # to working precision too.
-        if sigma <= sigma_old * (1.0 + tol):
-            return
-        sigma_old = sigma
-        inv = 1.0 / sigma
-        for k in range(cols):
-            v[k] = w[k] * inv
-    _top_pair_gram(M, rows, cols, u, w, gram)
+        u[j] *= inv
 
 
 @njit(cache=True)
-def _solve_block(M, rows, cols, u, v, w, gram, tol):
-    """Fill ``u`` (unit) and ``w = Mᴴ u`` for the best rank-one approximation ``u wᴴ``."""
+def _top_left_vector(M, rows, cols, row_norm2, norm2, u, v, w, gram, tol):
+    """Unit top left singular vector ``u`` of a nonzero block ``M`` (rows × cols).
+
+    Power iteration on ``M Mᴴ`` started from the largest row, which is exact in one step
+    for a rank-one block; falls back to the Gram matrix and a dense eigensolver when it
+    has not converged after a number of steps costing about as much as that route.
+    """
     if rows == 1:
         u[0] = 1.0
-        _adjoint_times(M, rows, cols, u, w)
-    elif min(rows, cols) <= GRAM_SIDE:
-        _top_pair_gram(M, rows, cols, u, w, gram)
-    else:
-        _top_pair_power(M, rows, cols, u, v, w, gram, tol, max(8, min(rows, cols) // 4))
+        return
+    if min(rows, cols) <= GRAM_SIDE:
+        _top_left_vector_gram(M, rows, cols, u, v, gram)
+        return
+    best_row = 0
+    for j in range(1, rows):
+        if row_norm2[j] > row_norm2[best_row]:
+            best_row = j
+    inv = 1.0 / math.sqrt(row_norm2[best_row])
+    for k in range(cols):
+        v[k] = np.conj(M[best_row, k]) * inv
+    sigma2_old = 0.0
+    for _ in range(max(8, min(rows, cols) // 4)):
+        inv = 1.0 / math.sqrt(_times(M, rows, cols, v, u))
+        for j in range(rows):
+            u[j] *= inv
+        sigma2 = _adjoint_times(M, rows, cols, u, w)
+        # The rank-one error of u (Mᴴu)ᴴ is ‖M‖² − sigma2 and depends on sigma2 only:
+        # stop when it is at rounding level (rank-one block) or sigma2, which grows
+        # monotonically to σ₁², has stalled.
+        if norm2 - sigma2 <= 8.0 * tol * norm2 or sigma2 <= sigma2_old * (1.0 + tol):
+            return
+        sigma2_old = sigma2
+        inv = 1.0 / math.sqrt(sigma2)
+        for k in range(cols):
+            v[k] = w[k] * inv
+    _top_left_vector_gram(M, rows, cols, u, v, gram)
 
 
-def _split_rank_one_py(node, columns, b1, c1, left, right, sigma_power, tol, n_chunks,
-                       chunk_norm2, chunk_residual2, chunk_bad):
+def _split_rank_one_py(node, columns, b1, c1, batch, left, right, sigma_power, tol,
+                       n_chunks, chunk_norm2, chunk_residual2, chunk_bad):
     """Best rank-one approximation of every independent block of a two-factor split.
 
     Parameters
     ----------
     node : (a, B, C, d) array
-        Values of the node (any dtype of the four supported).
+        Values of the node (any of the four supported dtypes).
     columns : (C,) int64 array
-        Column gather: block entries are read at ``node[i, row, columns[col], t]``
-        (the identity except at the root when a column permutation is applied).
+        Column gather: entries are read at ``node[i, row, columns[col], t]`` (the
+        identity except at the root when a column permutation is applied).
     b1, c1 : int
-        Rows per block of the left factor and column blocks of the left factor.
+        Rows per block, and number of column groups (``b2 = B / b1``, ``C2 = C / c1``).
+    batch : int
+        Column groups gathered at once into a work panel (bounds its memory).
     left : (a, b1, c1, b2*d) array
-        Output values of the left factor (``b2 = B / b1``).
+        Output values of the left factor.
     right : (a*c1, b2, C2, d) array
-        Output values of the right factor (``C2 = C / c1``).
+        Output values of the right factor.
     sigma_power : float
         The left factor gets ``σ**sigma_power · u`` and the right
-        ``σ**(1-sigma_power) · vᴴ``: 1 pushes the scale into the left child (used with
+        ``σ**(1-sigma_power) · vᴴ``: 1 pushes the scale into the left child (with
         orthonormalisation, which solves the left child next), 0.5 splits it evenly.
     tol : float
-        Relative stopping tolerance of the power iteration.
+        Relative tolerance of the iterative top singular pair (a few ``eps``).
     n_chunks : int
-        Blocks are processed in this many contiguous chunks (one per parallel task).
+        Work is cut into this many contiguous chunks (one parallel task each).
     chunk_norm2, chunk_residual2 : (n_chunks,) float64 arrays
-        Outputs: per chunk, the sum of ``‖M‖²`` and of ``‖M − σ u vᴴ‖²`` over blocks.
+        Outputs: per chunk, the sums of ``‖M‖²`` and of ``‖M − σ u vᴴ‖²`` over blocks.
     chunk_bad : (n_chunks,) int64 array
-        Output: number of blocks holding NaN or Inf, per chunk.
+        Output: per chunk, the number of blocks holding NaN or Inf.
 
     Notes
     -----
     Block ``(i, k1, j2, t)`` is the ``b1 × C2`` matrix
-    ``M[j1, k2] = node[i, j1*b2 + j2, columns[k1*C2 + k2], t]``; its rank-one
-    approximation ``σ u vᴴ`` is written to ``left[i, j1, k1, j2*d + t]`` (from ``u``) and
-    ``right[i*c1 + k1, j2, k2, t]`` (from ``vᴴ``).  Blocks are numbered with ``t``
-    fastest so that a chunk reads neighbouring memory.
+    ``M[j1, k2] = node[i, j1*b2 + j2, columns[k1*C2 + k2], t]``; its approximation
+    ``σ u vᴴ`` goes to ``left[i, j1, k1, j2*d + t]`` (``u``) and
+    ``right[i*c1 + k1, j2, k2, t]`` (``vᴴ``).
+
+    The blocks sharing ``(i, j2, t)`` read the same ``b1`` rows of the node, so they are
+    processed together: those rows are gathered once, ``batch`` column groups at a time,
+    into a contiguous panel (with ``t`` fastest between tasks, neighbouring tasks share
+    cache lines).  Reading whole rows keeps a scattered column permutation cache
+    friendly instead of touching one cache line per entry.
     """
     a, big_b, big_c, d = node.shape
     b2 = big_b // b1
     c2 = big_c // c1
-    n_blocks = a * c1 * b2 * d
+    n_batches = (c1 + batch - 1) // batch
+    n_tasks = a * b2 * d * n_batches
     side = min(b1, c2)
     for chunk in prange(n_chunks):
-        first = chunk * n_blocks // n_chunks
-        last = (chunk + 1) * n_blocks // n_chunks
-        M = np.empty((b1, c2), dtype=node.dtype)
+        panel = np.empty((batch, b1, c2), dtype=node.dtype)
+        row_norm2 = np.empty(b1)
         u = np.empty(b1, dtype=node.dtype)
         v = np.empty(c2, dtype=node.dtype)
         w = np.empty(c2, dtype=node.dtype)
@@ -235,63 +233,69 @@ def _split_rank_one_py(node, columns, b1, c1, left, right, sigma_power, tol, n_c
         norm2_sum = 0.0
         residual2_sum = 0.0
         bad = 0
-        for block in range(first, last):
-            t = block % d
-            rest = block // d
-            j2 = rest % b2
-            rest //= b2
-            k1 = rest % c1
-            i = rest // c1
-            # Gather the block; track the largest magnitude (NaN sticks once seen).
-            biggest = 0.0
+        for task in range(chunk * n_tasks // n_chunks, (chunk + 1) * n_tasks // n_chunks):
+            k1_first = (task % n_batches) * batch
+            k1_count = min(batch, c1 - k1_first)
+            group = task // n_batches
+            t = group % d
+            j2 = (group // d) % b2
+            i = group // (d * b2)
             for j1 in range(b1):
                 row = j1 * b2 + j2
-                for k2 in range(c2):
-                    value = node[i, row, columns[k1 * c2 + k2], t]
-                    M[j1, k2] = value
-                    magnitude = max(abs(value.real), abs(value.imag))
-                    if magnitude > biggest or magnitude != magnitude:
-                        biggest = magnitude
-            if not biggest < np.inf:  # NaN or Inf
-                bad += 1
+                for kk in range(k1_count):
+                    first_column = (k1_first + kk) * c2
+                    for k2 in range(c2):
+                        panel[kk, j1, k2] = node[i, row, columns[first_column + k2], t]
+            for kk in range(k1_count):
+                k1 = k1_first + kk
+                M = panel[kk]
+                # Largest magnitude (NaN sticks once seen) and row norms.
                 biggest = 0.0
-            if biggest == 0.0:
-                for j1 in range(b1):
-                    left[i, j1, k1, j2 * d + t] = 0.0
-                for k2 in range(c2):
-                    right[i * c1 + k1, j2, k2, t] = 0.0
-                continue
-            scale = 1.0
-            exponent = math.frexp(biggest)[1]
-            if exponent > SCALE_EXPONENT or exponent < -SCALE_EXPONENT:
-                scale = math.ldexp(1.0, exponent)
-                inv_scale = math.ldexp(1.0, -exponent)
                 for j1 in range(b1):
                     for k2 in range(c2):
-                        M[j1, k2] *= inv_scale
-            norm2 = 0.0
-            for j1 in range(b1):
+                        value = M[j1, k2]
+                        magnitude = max(abs(value.real), abs(value.imag))
+                        if magnitude > biggest or magnitude != magnitude:
+                            biggest = magnitude
+                if not biggest < np.inf:  # NaN or Inf: reported by the caller
+                    bad += 1
+                    biggest = 0.0
+                if biggest == 0.0:
+                    for j1 in range(b1):
+                        left[i, j1, k1, j2 * d + t] = 0.0
+                    for k2 in range(c2):
+                        right[i * c1 + k1, j2, k2, t] = 0.0
+                    continue
+                scale = 1.0
+                exponent = math.frexp(biggest)[1]
+                if exponent > SCALE_EXPONENT or exponent < -SCALE_EXPONENT:
+                    scale = math.ldexp(1.0, exponent)
+                    for j1 in range(b1):
+                        for k2 in range(c2):
+                            M[j1, k2] = math.ldexp(1.0, -exponent) * M[j1, k2]
+                norm2 = 0.0
+                for j1 in range(b1):
+                    acc = 0.0
+                    for k2 in range(c2):
+                        acc += _abs2(M[j1, k2])
+                    row_norm2[j1] = acc
+                    norm2 += acc
+                _top_left_vector(M, b1, c2, row_norm2, norm2, u, v, w, gram, tol)
+                sigma2 = _adjoint_times(M, b1, c2, u, w)
+                norm2_sum += norm2 * scale * scale
+                residual2_sum += max(norm2 - sigma2, 0.0) * scale * scale
+                if sigma2 == 0.0:
+                    left_scale = 0.0
+                    right_scale = 0.0
+                else:
+                    true_sigma = math.sqrt(sigma2) * scale
+                    left_scale = true_sigma ** sigma_power
+                    # right = (w/σ)ᴴ · σ**(1-p); w is still in the scaled units
+                    right_scale = (scale / true_sigma) * true_sigma ** (1.0 - sigma_power)
+                for j1 in range(b1):
+                    left[i, j1, k1, j2 * d + t] = u[j1] * left_scale
                 for k2 in range(c2):
-                    norm2 += abs(M[j1, k2]) ** 2
-            _solve_block(M, b1, c2, u, v, w, gram, tol)
-            sigma2 = 0.0
-            for k2 in range(c2):
-                sigma2 += abs(w[k2]) ** 2
-            sigma = math.sqrt(sigma2)
-            norm2_sum += norm2 * scale * scale
-            residual2_sum += max(norm2 - sigma2, 0.0) * scale * scale
-            if sigma == 0.0:
-                left_scale = 0.0
-                right_scale = 0.0
-            else:
-                true_sigma = sigma * scale
-                left_scale = true_sigma ** sigma_power
-                # right = conj(w)/σ · σ**(1-p), with w still in the scaled units
-                right_scale = (scale / true_sigma) * true_sigma ** (1.0 - sigma_power)
-            for j1 in range(b1):
-                left[i, j1, k1, j2 * d + t] = u[j1] * left_scale
-            for k2 in range(c2):
-                right[i * c1 + k1, j2, k2, t] = np.conj(w[k2]) * right_scale
+                    right[i * c1 + k1, j2, k2, t] = np.conj(w[k2]) * right_scale
         chunk_norm2[chunk] = norm2_sum
         chunk_residual2[chunk] = residual2_sum
         chunk_bad[chunk] = bad

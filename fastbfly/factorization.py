@@ -21,6 +21,8 @@ __all__ = ["factorize"]
 PARALLEL_MIN_NODE_SIZE = 1 << 16
 # Blocks are handed out in this many chunks per thread (load balance vs. overhead).
 CHUNKS_PER_THREAD = 4
+# Bytes of the panel into which each task gathers the rows its blocks share.
+PANEL_BYTES = 1 << 25
 
 
 def factorize(matrix, *, tree="balanced", perm=None, orthonormalize=True, progress=None):
@@ -229,14 +231,16 @@ def _identity(n: int) -> np.ndarray:
 def _split(node_values, columns, b1, c1, left, right, sigma_power, tol):
     """Run the block kernel, serial or parallel by size; return (‖node‖², residual², bad)."""
     a, big_b, big_c, d = node_values.shape
-    n_blocks = a * c1 * (big_b // b1) * d
+    block_bytes = b1 * (big_c // c1) * node_values.itemsize
+    batch = max(1, min(c1, PANEL_BYTES // block_bytes))
+    n_tasks = a * (big_b // b1) * d * -(-c1 // batch)
     parallel = node_values.size >= PARALLEL_MIN_NODE_SIZE and numba.get_num_threads() > 1
-    n_chunks = min(n_blocks, CHUNKS_PER_THREAD * numba.get_num_threads()) if parallel else 1
+    n_chunks = min(n_tasks, CHUNKS_PER_THREAD * numba.get_num_threads()) if parallel else 1
     norm2 = np.zeros(n_chunks)
     residual2 = np.zeros(n_chunks)
     bad = np.zeros(n_chunks, dtype=np.int64)
     kernel = _kernels.split_rank_one_parallel if parallel else _kernels.split_rank_one_serial
-    kernel(node_values, columns, b1, c1, left, right, sigma_power, tol, n_chunks, norm2, residual2, bad)
+    kernel(node_values, columns, b1, c1, batch, left, right, sigma_power, tol, n_chunks, norm2, residual2, bad)
     return float(norm2.sum()), float(residual2.sum()), int(bad.sum())
 
 
