@@ -25,9 +25,12 @@ from numba import njit, prange
 # rescaled by an exact power of two first, so squares and Gram matrices cannot overflow
 # or flush to zero.
 SCALE_EXPONENT = 400
-# Blocks with a side of at most 2 use the closed-form 2 × 2 Gram eigenpair; larger
-# ones use power iteration, with a dense Hermitian eigensolver as the fallback.
-GRAM_SIDE = 2
+# Power iteration for the top singular pair of a block stops once the estimated
+# remaining decrease of the block's squared error is below this fraction of it ...
+RESIDUAL_TOL = 1e-9
+# ... or after this many steps (only nearly degenerate top singular values get there,
+# and then any vector of the top singular subspace is nearly optimal).
+MAX_POWER_STEPS = 500
 
 
 # --------------------------------------------------------------------------------------
@@ -70,82 +73,65 @@ def _adjoint_times(M, rows, cols, u, w):
 
 
 @njit(cache=True)
-def _top_eigenvector(g, out):
-    """Unit eigenvector of the largest eigenvalue of the Hermitian matrix ``g``."""
-    n = g.shape[0]
-    if n == 1:
-        out[0] = 1.0
-        return
-    if n == 2:
-        # Closed form: far cheaper than a LAPACK call on millions of 2 × 2 blocks.
-        p = g[0, 0].real
-        s = g[1, 1].real
-        q = g[0, 1]
-        half_gap = 0.5 * (p - s)
-        lam = 0.5 * (p + s) + math.sqrt(half_gap * half_gap + _abs2(q))
-        # Two algebraically equivalent eigenvectors; take the one without cancellation.
-        if p >= s:
-            x0 = lam - s
-            x1 = np.conj(q)
-        else:
-            x0 = q
-            x1 = lam - p
-        norm = math.sqrt(_abs2(x0) + _abs2(x1))
-        if norm == 0.0:  # g == 0
-            out[0] = 1.0
-            out[1] = 0.0
-        else:
-            out[0] = x0 / norm
-            out[1] = x1 / norm
-        return
-    _, vectors = np.linalg.eigh(g)
-    for p in range(n):
-        out[p] = vectors[p, n - 1]
+def _top_left_vector_2(M, rows, cols, u, v):
+    """Top left singular vector ``u`` of a block with ``min(rows, cols) == 2``, in closed
+    form from the 2 × 2 Gram matrix of its smaller side (``v`` is workspace)."""
+    by_rows = rows == 2
+    # G = M Mᴴ (rows == 2) or Mᴴ M (cols == 2) = [[p, q], [q̄, s]]
+    p = 0.0
+    s = 0.0
+    q = M[0, 0] * 0.0
+    if by_rows:
+        for k in range(cols):
+            p += _abs2(M[0, k])
+            s += _abs2(M[1, k])
+            q += M[0, k] * np.conj(M[1, k])
+    else:
+        for j in range(rows):
+            p += _abs2(M[j, 0])
+            s += _abs2(M[j, 1])
+            q += np.conj(M[j, 0]) * M[j, 1]
+    half_gap = 0.5 * (p - s)
+    lam = 0.5 * (p + s) + math.sqrt(half_gap * half_gap + _abs2(q))
+    # Two algebraically equivalent eigenvectors; take the one without cancellation.
+    if p >= s:
+        x0 = lam - s + 0.0 * q
+        x1 = np.conj(q)
+    else:
+        x0 = q
+        x1 = lam - p + 0.0 * q
+    norm = math.sqrt(_abs2(x0) + _abs2(x1))
+    if norm == 0.0:  # G == 0 cannot happen for a nonzero block; keep a unit vector
+        x0 = 1.0 + 0.0 * q
+        x1 = 0.0 * q
+        norm = 1.0
+    target = u if by_rows else v
+    target[0] = x0 / norm
+    target[1] = x1 / norm
+    if not by_rows:  # u = M v / ‖M v‖
+        inv = 1.0 / math.sqrt(_times(M, rows, cols, v, u))
+        for j in range(rows):
+            u[j] *= inv
 
 
 @njit(cache=True)
-def _top_left_vector_gram(M, rows, cols, u, v, gram):
-    """Top left singular vector ``u`` of ``M`` from the Gram matrix of its smaller side
-    (``v`` and ``gram`` are workspace)."""
-    if rows <= cols:
-        g = gram[: rows * rows].reshape((rows, rows))
-        for p in range(rows):  # G = M Mᴴ
-            for q in range(p, rows):
-                acc = M[p, 0] * np.conj(M[q, 0])
-                for k in range(1, cols):
-                    acc += M[p, k] * np.conj(M[q, k])
-                g[p, q] = acc
-                g[q, p] = np.conj(acc)
-        _top_eigenvector(g, u)
-        return
-    g = gram[: cols * cols].reshape((cols, cols))
-    for p in range(cols):  # G = Mᴴ M; its top eigenvector is the right singular vector
-        for q in range(p, cols):
-            acc = np.conj(M[0, p]) * M[0, q]
-            for j in range(1, rows):
-                acc += np.conj(M[j, p]) * M[j, q]
-            g[p, q] = acc
-            g[q, p] = np.conj(acc)
-    _top_eigenvector(g, v)
-    norm2 = _times(M, rows, cols, v, u)
-    inv = 1.0 / math.sqrt(norm2)
-    for j in range(rows):
-        u[j] *= inv
-
-
-@njit(cache=True)
-def _top_left_vector(M, rows, cols, row_norm2, norm2, u, v, w, gram, tol):
+def _top_left_vector(M, rows, cols, row_norm2, norm2, u, v, w, tol):
     """Unit top left singular vector ``u`` of a nonzero block ``M`` (rows × cols).
 
-    Power iteration on ``M Mᴴ`` started from the largest row, which is exact in one step
-    for a rank-one block; falls back to the Gram matrix and a dense eigensolver when it
-    has not converged after a number of steps costing about as much as that route.
+    Closed form when a side is 1 or 2.  Otherwise power iteration on ``M Mᴴ``, started
+    from the largest row, which is exact in one step for a rank-one block.  The error of
+    the rank-one approximation ``u (Mᴴu)ᴴ`` is ``‖M‖² − σ²`` with ``σ² = ‖Mᴴu‖²``, so
+    only ``σ²`` has to converge, and only as far as that error can tell: the iteration
+    stops when the error is at rounding level, when ``σ²`` stalls at rounding level, or
+    when the geometric tail of the remaining increase of ``σ²`` is below
+    ``RESIDUAL_TOL`` times the error (noisy, slowly converging blocks).
+    No LAPACK call: it would oversubscribe threads inside parallel regions.
     """
     if rows == 1:
         u[0] = 1.0
         return
-    if min(rows, cols) <= GRAM_SIDE:
-        _top_left_vector_gram(M, rows, cols, u, v, gram)
+    if min(rows, cols) <= 2:
+        _top_left_vector_2(M, rows, cols, u, v)
         return
     best_row = 0
     for j in range(1, rows):
@@ -155,21 +141,25 @@ def _top_left_vector(M, rows, cols, row_norm2, norm2, u, v, w, gram, tol):
     for k in range(cols):
         v[k] = np.conj(M[best_row, k]) * inv
     sigma2_old = 0.0
-    for _ in range(max(8, min(rows, cols) // 4)):
+    increase_old = 0.0
+    for _ in range(MAX_POWER_STEPS):
         inv = 1.0 / math.sqrt(_times(M, rows, cols, v, u))
         for j in range(rows):
             u[j] *= inv
         sigma2 = _adjoint_times(M, rows, cols, u, w)
-        # The rank-one error of u (Mᴴu)ᴴ is ‖M‖² − sigma2 and depends on sigma2 only:
-        # stop when it is at rounding level (rank-one block) or sigma2, which grows
-        # monotonically to σ₁², has stalled.
-        if norm2 - sigma2 <= 8.0 * tol * norm2 or sigma2 <= sigma2_old * (1.0 + tol):
+        error2 = norm2 - sigma2
+        increase = sigma2 - sigma2_old
+        if error2 <= 8.0 * tol * norm2 or increase <= tol * sigma2:
             return
+        if increase_old > 0.0 and increase < increase_old:
+            ratio = increase / increase_old
+            if increase * ratio / (1.0 - ratio) <= RESIDUAL_TOL * error2:
+                return
         sigma2_old = sigma2
+        increase_old = increase
         inv = 1.0 / math.sqrt(sigma2)
         for k in range(cols):
             v[k] = w[k] * inv
-    _top_left_vector_gram(M, rows, cols, u, v, gram)
 
 
 def _split_rank_one_py(node, columns, b1, c1, batch, left, right, sigma_power, tol,
@@ -222,14 +212,12 @@ def _split_rank_one_py(node, columns, b1, c1, batch, left, right, sigma_power, t
     c2 = big_c // c1
     n_batches = (c1 + batch - 1) // batch
     n_tasks = a * b2 * d * n_batches
-    side = min(b1, c2)
     for chunk in prange(n_chunks):
         panel = np.empty((batch, b1, c2), dtype=node.dtype)
         row_norm2 = np.empty(b1)
         u = np.empty(b1, dtype=node.dtype)
         v = np.empty(c2, dtype=node.dtype)
         w = np.empty(c2, dtype=node.dtype)
-        gram = np.empty(side * side, dtype=node.dtype)
         norm2_sum = 0.0
         residual2_sum = 0.0
         bad = 0
@@ -280,7 +268,7 @@ def _split_rank_one_py(node, columns, b1, c1, batch, left, right, sigma_power, t
                         acc += _abs2(M[j1, k2])
                     row_norm2[j1] = acc
                     norm2 += acc
-                _top_left_vector(M, b1, c2, row_norm2, norm2, u, v, w, gram, tol)
+                _top_left_vector(M, b1, c2, row_norm2, norm2, u, v, w, tol)
                 sigma2 = _adjoint_times(M, b1, c2, u, w)
                 norm2_sum += norm2 * scale * scale
                 residual2_sum += max(norm2 - sigma2, 0.0) * scale * scale
