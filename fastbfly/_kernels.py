@@ -299,64 +299,147 @@ split_rank_one_parallel = njit(cache=True, parallel=True)(_split_rank_one_py)
 
 
 @njit(cache=True)
-def _factor_vec(values, offset, a, b, c, d, src, dst):
-    """``dst = K src`` for one factor, one vector (innermost loop over contiguous t)."""
-    for i in range(a):
+def _factor_vec(values, offset, a, b, c, d, i_first, i_last, period, lo, hi, src, dst):
+    """``dst = K src`` for one factor and one vector, restricted to the blocks
+    ``i_first <= i < i_last`` and the positions ``t`` with ``lo <= t % period < hi``
+    (``period`` divides ``d``; the whole factor is ``(0, a, d, 0, d)``).
+
+    These restrictions are independent sub-problems, which is what lets several
+    threads share one product (see `apply_chain_vec`).  The innermost loop runs over
+    contiguous ``t`` and is specialised for the 2 × 2 blocks of butterflies (each input
+    read once, each output written once).
+    """
+    if b == 2 and c == 2:
+        for i in range(i_first, i_last):
+            base = offset + 4 * i * d
+            first = 2 * i * d
+            second = first + d
+            for t_high in range(0, d, period):
+                for t in range(t_high + lo, t_high + hi):
+                    x0 = src[first + t]
+                    x1 = src[second + t]
+                    dst[first + t] = values[base + t] * x0 + values[base + d + t] * x1
+                    dst[second + t] = values[base + 2 * d + t] * x0 + values[base + 3 * d + t] * x1
+        return
+    for i in range(i_first, i_last):
         for j in range(b):
             out = (i * b + j) * d
-            for t in range(d):
-                dst[out + t] = 0.0
+            for t_high in range(0, d, period):
+                for t in range(t_high + lo, t_high + hi):
+                    dst[out + t] = 0.0
             for k in range(c):
                 base = offset + ((i * b + j) * c + k) * d
                 inp = (i * c + k) * d
-                for t in range(d):
-                    dst[out + t] += values[base + t] * src[inp + t]
+                for t_high in range(0, d, period):
+                    for t in range(t_high + lo, t_high + hi):
+                        dst[out + t] += values[base + t] * src[inp + t]
 
 
 @njit(cache=True)
-def _factor_vec_adjoint(values, offset, a, b, c, d, src, dst, conjugate):
-    """``dst = Kᴴ src`` (or ``Kᵀ src`` when not ``conjugate``) for one factor."""
-    for i in range(a):
+def _factor_vec_adjoint(values, offset, a, b, c, d, i_first, i_last, period, lo, hi,
+                        src, dst, conjugate):
+    """``dst = Kᴴ src`` (or ``Kᵀ src`` when not ``conjugate``), restricted as in
+    `_factor_vec`."""
+    if b == 2 and c == 2:
+        for i in range(i_first, i_last):
+            base = offset + 4 * i * d
+            first = 2 * i * d
+            second = first + d
+            for t_high in range(0, d, period):
+                for t in range(t_high + lo, t_high + hi):
+                    y0 = src[first + t]
+                    y1 = src[second + t]
+                    v00 = values[base + t]
+                    v01 = values[base + d + t]
+                    v10 = values[base + 2 * d + t]
+                    v11 = values[base + 3 * d + t]
+                    if conjugate:
+                        v00 = np.conj(v00)
+                        v01 = np.conj(v01)
+                        v10 = np.conj(v10)
+                        v11 = np.conj(v11)
+                    dst[first + t] = v00 * y0 + v10 * y1
+                    dst[second + t] = v01 * y0 + v11 * y1
+        return
+    for i in range(i_first, i_last):
         for k in range(c):
             out = (i * c + k) * d
-            for t in range(d):
-                dst[out + t] = 0.0
+            for t_high in range(0, d, period):
+                for t in range(t_high + lo, t_high + hi):
+                    dst[out + t] = 0.0
         for j in range(b):
             inp = (i * b + j) * d
             for k in range(c):
                 base = offset + ((i * b + j) * c + k) * d
                 out = (i * c + k) * d
-                if conjugate:
-                    for t in range(d):
-                        dst[out + t] += np.conj(values[base + t]) * src[inp + t]
-                else:
-                    for t in range(d):
-                        dst[out + t] += values[base + t] * src[inp + t]
+                for t_high in range(0, d, period):
+                    for t in range(t_high + lo, t_high + hi):
+                        value = values[base + t]
+                        if conjugate:
+                            value = np.conj(value)
+                        dst[out + t] += value * src[inp + t]
 
 
-@njit(cache=True)
-def apply_chain_vec(values, patterns, offsets, x, out, adjoint, conjugate):
+def _apply_chain_vec_py(values, patterns, offsets, x, out, adjoint, conjugate, middle,
+                        n_tasks):
     """Apply the whole chain (or its adjoint/transpose) to one vector ``x`` into ``out``.
 
-    Forward: factors are applied last to first.  Adjoint: first to last, each
-    transposed (and conjugated when ``conjugate``).
+    Forward: factors are applied last to first; adjoint: first to last, each transposed
+    (and conjugated when ``conjugate``).
+
+    With ``n_tasks > 1`` the product is shared between threads in two phases split at
+    factor ``middle``.  In a chainable chain ``a`` can only grow and ``d`` only shrink
+    from left to right, so the factors ``middle..L-1`` are all block diagonal with
+    ``A = a[middle]`` independent blocks (contiguous segments of the vector), and the
+    factors ``0..middle-1`` never mix positions of different residue modulo
+    ``D = d[middle-1]``.  Each phase therefore runs all its factors on a slice per task
+    without synchronisation: one barrier per product instead of one per factor.
     """
     n_factors = patterns.shape[0]
     size = max(x.shape[0], out.shape[0])
     for f in range(n_factors):
         size = max(size, patterns[f, 0] * patterns[f, 1] * patterns[f, 3])
     buffers = np.empty((2, size), dtype=out.dtype)
-    src = x
-    for step in range(n_factors):
-        f = n_factors - 1 - step if not adjoint else step
-        a, b, c, d = patterns[f, 0], patterns[f, 1], patterns[f, 2], patterns[f, 3]
-        n_out = a * c * d if adjoint else a * b * d
-        dst = out if step == n_factors - 1 else buffers[step % 2, :n_out]
-        if adjoint:
-            _factor_vec_adjoint(values, offsets[f], a, b, c, d, src, dst, conjugate)
+    segments = patterns[middle, 0] if n_tasks > 1 else 1
+    period = patterns[middle - 1, 3] if n_tasks > 1 else 1
+    # Steps are numbered in application order; step s applies factor L-1-s (forward)
+    # or s (adjoint).  Forward runs the block-diagonal factors first, adjoint last.
+    first_phase_steps = n_factors - middle if not adjoint else middle
+    for phase in range(2 if n_tasks > 1 else 1):
+        if n_tasks == 1:
+            first_step, last_step = 0, n_factors
+        elif phase == 0:
+            first_step, last_step = 0, first_phase_steps
         else:
-            _factor_vec(values, offsets[f], a, b, c, d, src, dst)
-        src = dst
+            first_step, last_step = first_phase_steps, n_factors
+        block_phase = (phase == 0) != adjoint
+        for task in prange(n_tasks):
+            for step in range(first_step, last_step):
+                f = n_factors - 1 - step if not adjoint else step
+                a, b, c, d = patterns[f, 0], patterns[f, 1], patterns[f, 2], patterns[f, 3]
+                i_first, i_last = 0, a
+                t_period, lo, hi = d, 0, d
+                if n_tasks > 1:
+                    if block_phase:
+                        blocks_per_segment = a // segments
+                        i_first = blocks_per_segment * (segments * task // n_tasks)
+                        i_last = blocks_per_segment * (segments * (task + 1) // n_tasks)
+                    else:
+                        t_period = period
+                        lo = period * task // n_tasks
+                        hi = period * (task + 1) // n_tasks
+                src = x if step == 0 else buffers[(step - 1) % 2]
+                dst = out if step == n_factors - 1 else buffers[step % 2]
+                if adjoint:
+                    _factor_vec_adjoint(values, offsets[f], a, b, c, d, i_first, i_last,
+                                        t_period, lo, hi, src, dst, conjugate)
+                else:
+                    _factor_vec(values, offsets[f], a, b, c, d, i_first, i_last,
+                                t_period, lo, hi, src, dst)
+
+
+apply_chain_vec_serial = njit(cache=True)(_apply_chain_vec_py)
+apply_chain_vec_parallel = njit(cache=True, parallel=True)(_apply_chain_vec_py)
 
 
 @njit(cache=True)

@@ -18,6 +18,8 @@ SUPPORTED_DTYPES = tuple(np.dtype(t) for t in (np.float32, np.float64, np.comple
 PARALLEL_MIN_WORK = 1 << 22
 # Right-hand sides per parallel task, so the innermost loop still vectorises.
 MIN_COLUMNS_PER_TASK = 8
+# Stored values from which one matrix-vector product is shared between threads.
+PARALLEL_MIN_NNZ_VEC = 1 << 15
 
 
 class Factor:
@@ -160,6 +162,7 @@ class Butterfly:
             view[...] = factor.values
             self.factors.append(Factor(factor.pattern, view))
         self._patterns = np.array([tuple(f.pattern) for f in factors], dtype=np.int64)
+        self._middle, self._middle_width = _best_middle(self._patterns)
         m, n = self.chain.shape
         self.perm = None if perm is None else validate_permutation(perm, n, "perm")
         self.row_perm = None if row_perm is None else validate_permutation(row_perm, m, "row_perm")
@@ -346,9 +349,13 @@ class Butterfly:
     def _run(self, values, x2, out, adjoint, conjugate, prefer_vec):
         n_columns = x2.shape[1]
         if n_columns == 1 and prefer_vec:
-            _kernels.apply_chain_vec(
-                values, self._patterns, self._offsets, x2[:, 0], out[:, 0], adjoint, conjugate
-            )
+            n_tasks = numba.get_num_threads()
+            if n_tasks > 1 and self.nnz >= PARALLEL_MIN_NNZ_VEC and self._middle_width >= 8 * n_tasks:
+                kernel = _kernels.apply_chain_vec_parallel
+            else:
+                kernel, n_tasks = _kernels.apply_chain_vec_serial, 1
+            kernel(values, self._patterns, self._offsets, x2[:, 0], out[:, 0], adjoint,
+                   conjugate, self._middle, n_tasks)
             return
         n_tasks = min(numba.get_num_threads(), n_columns // MIN_COLUMNS_PER_TASK)
         if n_tasks >= 2 and self.nnz * n_columns >= PARALLEL_MIN_WORK:
@@ -359,3 +366,15 @@ class Butterfly:
             _kernels.apply_chain_mat_serial(
                 values, self._patterns, self._offsets, x2, out, adjoint, conjugate, 1
             )
+
+
+def _best_middle(patterns: np.ndarray) -> tuple[int, int]:
+    """Split point for sharing one product between threads (see
+    ``_kernels._apply_chain_vec_py``): the factor ``m`` maximising the smaller of the
+    number of independent segments ``a[m]`` and the period ``d[m-1]``."""
+    best, width = 0, 0
+    for m in range(1, len(patterns)):
+        candidate = min(patterns[m, 0], patterns[m - 1, 3])
+        if candidate > width:
+            best, width = m, int(candidate)
+    return best, width
