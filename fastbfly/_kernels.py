@@ -38,13 +38,13 @@ MAX_POWER_STEPS = 500
 # --------------------------------------------------------------------------------------
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True, nogil=True, inline="always")
 def _abs2(z):
     """``|z|²`` without the square root of ``abs``."""
     return z.real * z.real + z.imag * z.imag
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _times(M, rows, cols, v, u):
     """``u = M v``; returns ``‖u‖²``."""
     norm2 = 0.0
@@ -57,7 +57,7 @@ def _times(M, rows, cols, v, u):
     return norm2
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _adjoint_times(M, rows, cols, u, w):
     """``w = Mᴴ u``; returns ``‖w‖²``.  Row-wise, so ``M`` is read contiguously."""
     for k in range(cols):
@@ -72,7 +72,7 @@ def _adjoint_times(M, rows, cols, u, w):
     return norm2
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _top_left_vector_2(M, rows, cols, u, v):
     """Top left singular vector ``u`` of a block with ``min(rows, cols) == 2``, in closed
     form from the 2 × 2 Gram matrix of its smaller side (``v`` is workspace)."""
@@ -114,7 +114,7 @@ def _top_left_vector_2(M, rows, cols, u, v):
             u[j] *= inv
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _top_left_vector(M, rows, cols, row_norm2, norm2, u, v, w, tol):
     """Unit top left singular vector ``u`` of a nonzero block ``M`` (rows × cols).
 
@@ -289,8 +289,79 @@ def _split_rank_one_py(node, columns, b1, c1, batch, left, right, sigma_power, t
         chunk_bad[chunk] = bad
 
 
-split_rank_one_serial = njit(cache=True)(_split_rank_one_py)
-split_rank_one_parallel = njit(cache=True, parallel=True)(_split_rank_one_py)
+def _split_rank_r_py(node, columns, b1, c1, rank, left, right, sigma_power,
+                     n_chunks, chunk_norm2, chunk_residual2, chunk_bad):
+    """Best rank-``rank`` approximation of every block of a two-factor split.
+
+    Same blocks and arguments as `_split_rank_one_py`, with a rank ``r``:
+    ``left`` is ``(a, b1, c1*r, b2*d)`` and ``right`` is ``(a*c1, r*b2, C2, d)``, and the
+    ``ρ``-th singular triplet of block ``(i, k1, j2, t)`` goes to
+    ``left[i, j1, k1*r + ρ, j2*d + t]`` and ``right[i*c1 + k1, ρ*b2 + j2, k2, t]``.
+    Each block gets a full thin SVD (LAPACK), so this kernel runs serially: LAPACK's own
+    threads inside a parallel region oversubscribe the cores.
+    """
+    a, big_b, big_c, d = node.shape
+    b2 = big_b // b1
+    c2 = big_c // c1
+    n_blocks = a * c1 * b2 * d
+    for chunk in prange(n_chunks):
+        M = np.empty((b1, c2), dtype=node.dtype)
+        norm2_sum = 0.0
+        residual2_sum = 0.0
+        bad = 0
+        for block in range(chunk * n_blocks // n_chunks, (chunk + 1) * n_blocks // n_chunks):
+            k1 = block % c1
+            t = (block // c1) % d
+            j2 = (block // (c1 * d)) % b2
+            i = block // (c1 * d * b2)
+            biggest = 0.0
+            for j1 in range(b1):
+                row = j1 * b2 + j2
+                for k2 in range(c2):
+                    value = node[i, row, columns[k1 * c2 + k2], t]
+                    M[j1, k2] = value
+                    magnitude = max(abs(value.real), abs(value.imag))
+                    if magnitude > biggest or magnitude != magnitude:
+                        biggest = magnitude
+            if not biggest < np.inf:
+                bad += 1
+                biggest = 0.0
+            if biggest == 0.0:
+                for rho in range(rank):
+                    for j1 in range(b1):
+                        left[i, j1, k1 * rank + rho, j2 * d + t] = 0.0
+                    for k2 in range(c2):
+                        right[i * c1 + k1, rho * b2 + j2, k2, t] = 0.0
+                continue
+            exponent = math.frexp(biggest)[1]
+            scale = math.ldexp(1.0, exponent)
+            for j1 in range(b1):
+                for k2 in range(c2):
+                    M[j1, k2] = math.ldexp(1.0, -exponent) * M[j1, k2]
+            U, s, Vh = np.linalg.svd(M, full_matrices=False)
+            for rho in range(s.shape[0]):
+                sigma2 = float(s[rho]) ** 2 * scale * scale
+                norm2_sum += sigma2
+                if rho >= rank:
+                    residual2_sum += sigma2
+            for rho in range(rank):  # rank <= min(b1, C2), checked by the caller
+                true_sigma = float(s[rho]) * scale
+                left_scale = true_sigma ** sigma_power
+                right_scale = true_sigma ** (1.0 - sigma_power)
+                for j1 in range(b1):
+                    left[i, j1, k1 * rank + rho, j2 * d + t] = U[j1, rho] * left_scale
+                for k2 in range(c2):
+                    right[i * c1 + k1, rho * b2 + j2, k2, t] = Vh[rho, k2] * right_scale
+        chunk_norm2[chunk] = norm2_sum
+        chunk_residual2[chunk] = residual2_sum
+        chunk_bad[chunk] = bad
+
+
+split_rank_r_serial = njit(cache=True, nogil=True)(_split_rank_r_py)
+
+
+split_rank_one_serial = njit(cache=True, nogil=True)(_split_rank_one_py)
+split_rank_one_parallel = njit(cache=True, nogil=True, parallel=True)(_split_rank_one_py)
 
 
 # --------------------------------------------------------------------------------------
@@ -298,7 +369,7 @@ split_rank_one_parallel = njit(cache=True, parallel=True)(_split_rank_one_py)
 # --------------------------------------------------------------------------------------
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _factor_vec(values, offset, a, b, c, d, i_first, i_last, period, lo, hi, src, dst):
     """``dst = K src`` for one factor and one vector, restricted to the blocks
     ``i_first <= i < i_last`` and the positions ``t`` with ``lo <= t % period < hi``
@@ -335,7 +406,7 @@ def _factor_vec(values, offset, a, b, c, d, i_first, i_last, period, lo, hi, src
                         dst[out + t] += values[base + t] * src[inp + t]
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _factor_vec_adjoint(values, offset, a, b, c, d, i_first, i_last, period, lo, hi,
                         src, dst, conjugate):
     """``dst = Kᴴ src`` (or ``Kᵀ src`` when not ``conjugate``), restricted as in
@@ -438,11 +509,11 @@ def _apply_chain_vec_py(values, patterns, offsets, x, out, adjoint, conjugate, m
                                 t_period, lo, hi, src, dst)
 
 
-apply_chain_vec_serial = njit(cache=True)(_apply_chain_vec_py)
-apply_chain_vec_parallel = njit(cache=True, parallel=True)(_apply_chain_vec_py)
+apply_chain_vec_serial = njit(cache=True, nogil=True)(_apply_chain_vec_py)
+apply_chain_vec_parallel = njit(cache=True, nogil=True, parallel=True)(_apply_chain_vec_py)
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _factor_mat(values, offset, a, b, c, d, src, dst):
     """``dst = K src`` for one factor, ``src`` of shape (n, m) C-ordered: the innermost
     loop runs over the m right-hand sides, so each factor value is loaded once."""
@@ -462,7 +533,7 @@ def _factor_mat(values, offset, a, b, c, d, src, dst):
                         dst[out + t, r] += value * src[inp + t, r]
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _factor_mat_adjoint(values, offset, a, b, c, d, src, dst, conjugate):
     m = src.shape[1]
     for i in range(a):
@@ -484,7 +555,7 @@ def _factor_mat_adjoint(values, offset, a, b, c, d, src, dst, conjugate):
                         dst[out + t, r] += value * src[inp + t, r]
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _chain_mat(values, patterns, offsets, x, out, adjoint, conjugate):
     n_factors = patterns.shape[0]
     m = x.shape[1]
@@ -525,5 +596,5 @@ def _apply_chain_mat_py(values, patterns, offsets, x, out, adjoint, conjugate, n
             out[:, first:last] = block_out
 
 
-apply_chain_mat_serial = njit(cache=True)(_apply_chain_mat_py)
-apply_chain_mat_parallel = njit(cache=True, parallel=True)(_apply_chain_mat_py)
+apply_chain_mat_serial = njit(cache=True, nogil=True)(_apply_chain_mat_py)
+apply_chain_mat_parallel = njit(cache=True, nogil=True, parallel=True)(_apply_chain_mat_py)

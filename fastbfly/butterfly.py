@@ -120,6 +120,10 @@ class Butterfly:
         Column and row permutations (``None``: identity).
     info : dict, optional
         Free-form information from the factorization (errors, timings, choices).
+    shape : (m, n), optional
+        Shape of the matrix when the chain covers a zero-padded ``(M, N)`` with
+        ``m <= M``, ``n <= N``: vectors are padded with zeros before the product and
+        the result is cut to ``m`` rows.  Default: the chain's shape.
 
     Notes
     -----
@@ -141,7 +145,7 @@ class Butterfly:
 
     __array_priority__ = 100  # so that ``ndarray @ B`` defers to ``B.__rmatmul__``
 
-    def __init__(self, factors, perm=None, row_perm=None, info=None):
+    def __init__(self, factors, perm=None, row_perm=None, info=None, shape=None):
         factors = list(factors)
         if not factors:
             raise ValueError("a Butterfly needs at least one factor")
@@ -164,16 +168,18 @@ class Butterfly:
         self._patterns = np.array([tuple(f.pattern) for f in factors], dtype=np.int64)
         self._middle, self._middle_width = _best_middle(self._patterns)
         m, n = self.chain.shape
+        if shape is None:
+            shape = (m, n)
+        shape = tuple(int(s) for s in shape)
+        if len(shape) != 2 or not (1 <= shape[0] <= m and 1 <= shape[1] <= n):
+            raise ValueError(f"shape {shape} must fit inside the chain's shape {(m, n)}")
+        self.shape = shape
         self.perm = None if perm is None else validate_permutation(perm, n, "perm")
         self.row_perm = None if row_perm is None else validate_permutation(row_perm, m, "row_perm")
         self.info = {} if info is None else dict(info)
         self._cast_values = {self.dtype: self._values}
 
     # ---------------------------------------------------------------- properties
-    @property
-    def shape(self) -> tuple[int, int]:
-        return self.chain.shape
-
     @property
     def ndim(self) -> int:
         return 2
@@ -258,19 +264,22 @@ class Butterfly:
         from scipy import sparse
 
         matrices = [f.tosparse() for f in self.factors]
-        m, n = self.shape
+        m, n = self.chain.shape
         if self.row_perm is not None:
             ones = np.ones(m, dtype=self.dtype)
             matrices.insert(0, sparse.csr_array((ones, (self.row_perm, np.arange(m))), shape=(m, m)))
         if self.perm is not None:
             ones = np.ones(n, dtype=self.dtype)
             matrices.append(sparse.csr_array((ones, (np.arange(n), self.perm)), shape=(n, n)))
+        if self.shape != self.chain.shape:  # zero padding: cut rows, embed columns
+            matrices.insert(0, sparse.eye_array(self.shape[0], m, dtype=self.dtype, format="csr"))
+            matrices.append(sparse.eye_array(n, self.shape[1], dtype=self.dtype, format="csr"))
         return matrices
 
     # ---------------------------------------------------------------- adjoints
     def _adjoint(self, conjugate: bool) -> "Butterfly":
         factors = [f.adjoint(conjugate) for f in reversed(self.factors)]
-        return Butterfly(factors, perm=self.row_perm, row_perm=self.perm)
+        return Butterfly(factors, perm=self.row_perm, row_perm=self.perm, shape=self.shape[::-1])
 
     @property
     def H(self) -> "Butterfly":
@@ -285,7 +294,7 @@ class Butterfly:
     def conj(self) -> "Butterfly":
         """Complex conjugate, as a new `Butterfly`."""
         factors = [Factor(f.pattern, np.conj(f.values)) for f in self.factors]
-        return Butterfly(factors, perm=self.perm, row_perm=self.row_perm)
+        return Butterfly(factors, perm=self.perm, row_perm=self.row_perm, shape=self.shape)
 
     def aslinearoperator(self):
         """This matrix as a :class:`fastbfly.ButterflyOperator` (a scipy LinearOperator)."""
@@ -309,9 +318,12 @@ class Butterfly:
         if out_dtype not in SUPPORTED_DTYPES:
             raise TypeError(f"cannot compute with dtype {out_dtype} (from x.dtype {x.dtype})")
         gather, scatter = (self.row_perm, self.perm) if adjoint else (self.perm, self.row_perm)
+        chain_out, chain_in = self.chain.shape[::-1] if adjoint else self.chain.shape
 
         squeeze = x.ndim == 1
         x2 = x.reshape(n_in, -1)
+        if chain_in != n_in:  # zero padding
+            x2 = np.concatenate([x2, np.zeros((chain_in - n_in, x2.shape[1]), dtype=x2.dtype)])
         if gather is not None:
             x2 = x2[gather]  # fancy indexing: a fresh C-ordered copy
         x2 = np.ascontiguousarray(x2, dtype=out_dtype)
@@ -325,18 +337,20 @@ class Butterfly:
             real = np.dtype(out_dtype.char.lower())
             values = self._values_as(real)
             x2 = x2.view(real)
-            result = np.empty((n_out, x2.shape[1]), dtype=real)
+            result = np.empty((chain_out, x2.shape[1]), dtype=real)
             self._run(values, x2, result, adjoint, conjugate, prefer_vec=False)
             result = result.view(out_dtype)
         else:
             values = self._values_as(out_dtype)
-            result = np.empty((n_out, n_columns), dtype=out_dtype)
+            result = np.empty((chain_out, n_columns), dtype=out_dtype)
             self._run(values, x2, result, adjoint, conjugate, prefer_vec=True)
 
         if scatter is not None:
             scattered = np.empty_like(result)
             scattered[scatter] = result
             result = scattered
+        if chain_out != n_out:
+            result = result[:n_out]
         return result[:, 0] if squeeze else result
 
     def _values_as(self, dtype: np.dtype) -> np.ndarray:

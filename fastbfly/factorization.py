@@ -4,20 +4,21 @@ from __future__ import annotations
 
 import math
 import time
+from dataclasses import dataclass
 
 import numba
 import numpy as np
 
 from . import _kernels
 from .butterfly import SUPPORTED_DTYPES, Butterfly, Factor
-from .patterns import Chain, log2_exact
+from .patterns import Chain, Pattern
 from .permutations import bit_reversal_permutation, validate_permutation
 from .trees import Node, build_tree
 
 __all__ = ["factorize"]
 
-# Node sizes (stored values) from which the block kernel runs in parallel; below it the
-# serial build wins on 2 cores (see benchmarks).
+# Node sizes (stored values) from which the rank-one block kernel runs in parallel; below
+# it the serial build wins on 2 cores.
 PARALLEL_MIN_NODE_SIZE = 1 << 16
 # Blocks are handed out in this many chunks per thread (load balance vs. overhead).
 CHUNKS_PER_THREAD = 4
@@ -25,33 +26,48 @@ CHUNKS_PER_THREAD = 4
 PANEL_BYTES = 1 << 25
 
 
-def factorize(matrix, *, tree="balanced", perm=None, orthonormalize=True, progress=None):
-    """Approximate a matrix by a product of butterfly factors.
+def factorize(matrix, *, chain=None, n_factors=None, rank=1, tree="balanced", perm=None,
+              orthonormalize=True, pad=False, progress=None):
+    """Approximate a matrix by a product of butterfly (Kronecker-sparse) factors.
 
     Runs the hierarchical algorithm: split the chain of factors in two, solve that
-    two-factor problem exactly (independent blocks, one best rank-one approximation
-    each), recurse into both halves along ``tree``.
+    two-factor problem exactly (independent blocks, one best rank-``r`` approximation
+    each), and recurse into both halves along ``tree``.
 
     Parameters
     ----------
-    matrix : (n, n) array_like
-        ``n`` must be a power of two.  float32, float64, complex64 and complex128 are
-        kept; bool and integer input is converted to float64, float16 to float32.
-        The array is never modified.
+    matrix : (m, n) array_like
+        float32, float64, complex64 and complex128 are kept; bool and integer input is
+        converted to float64, float16 to float32.  The array is never modified.
+    chain : Chain or sequence of (a, b, c, d), optional
+        The factor patterns, left-most first; their product must be ``m × n``.
+        Default: the square dyadic butterfly chain when ``m == n`` is a power of two and
+        ``rank == 1`` (and ``n_factors`` is ``None`` or ``log2(n)``), otherwise
+        ``Chain.auto(m, n, n_factors, rank)``, the chain storing the fewest values.
+    n_factors : int, optional
+        Number of factors of the automatic chain (ignored with ``chain``).
+    rank : int, default 1
+        Rank carried between consecutive factors of the automatic chain (``r > 1`` gives
+        Monarch-like / deformable butterfly chains).
     tree : str or nested tuple, default "balanced"
         ``"balanced"``, ``"left-to-right"``, ``"right-to-left"``, or a binary tree over
         the factor indices ``0..L-1`` as nested 2-tuples, e.g. ``((0, 1), (2, 3))``
         (see :mod:`fastbfly.trees`).
     perm : None, "bitrev", (n,) int array, or list of those, optional
         Column permutation applied before factorizing: the factors approximate
-        ``matrix[:, perm]`` and the returned `Butterfly` carries ``perm``, so that
-        ``B`` approximates ``matrix`` itself.  With a list, every candidate is tried and
-        the one with the smallest error is kept (all errors are in ``B.info``).
+        ``matrix[:, perm]`` and the returned `Butterfly` carries ``perm``, so that ``B``
+        approximates ``matrix`` itself.  With a list, every candidate is tried and the
+        one with the smallest error is kept (all errors are in ``B.info``).
     orthonormalize : bool, default True
-        Keep the already-computed factors orthonormal (block by block) and push the
-        scale into the part still to be factorized.  Each step's error is then exactly
-        the increase of the global error, which is what keeps noisy inputs accurate.
-        With False the scale is split evenly between the two sides of every split.
+        Keep the already-computed factors orthonormal block by block (QR of each group
+        of ``r`` columns) and push the rest into the part still to be factorized.  Each
+        step's error is then exactly the increase of the global error, which is what
+        keeps noisy inputs accurate.  With False the singular values are split evenly
+        between the two sides of every split.
+    pad : bool, default False
+        If no chain fits ``m × n`` (a large prime factor), zero-pad the matrix to the
+        nearest sizes whose prime factors are at most 7 and factorize that; ``B`` keeps
+        the shape ``(m, n)``.  Never done silently.
     progress : callable, optional
         Called as ``progress(done, total)`` after every two-factor split.
 
@@ -59,24 +75,25 @@ def factorize(matrix, *, tree="balanced", perm=None, orthonormalize=True, progre
     -------
     Butterfly
         ``B.info`` holds ``"relative_error"`` (``‖matrix - B‖_F / ‖matrix‖_F`` from the
-        sum of the block residuals; exact in exact arithmetic when ``orthonormalize`` is
-        on, an estimate otherwise), ``"tree"``, ``"perm_errors"`` and ``"seconds"``.
+        sum of the block residuals: exact in exact arithmetic when ``orthonormalize`` is
+        on, otherwise an estimate), ``"tree"``, ``"perm_errors"``, ``"padded_shape"``
+        and ``"seconds"``.
 
     Raises
     ------
     TypeError
         For non-numeric dtypes.
     ValueError
-        For arrays that are not 2-D, empty, not square of a power-of-two size, contain
-        NaN or Inf, or for a malformed ``tree`` or ``perm``.
+        For arrays that are not 2-D, empty, contain NaN or Inf; a chain that does not
+        match the shape or is not chainable; a rank larger than a block allows; an
+        impossible number of factors; a malformed ``tree`` or ``perm``.
 
     Notes
     -----
-    A node of the tree covering factors ``s..e`` has the pattern
-    ``fuse(π_s, ..., π_e)`` and is stored as a 4-D array ``(a, B, C, d)``; splitting it
-    at ``m`` gives ``a*c1*b2*d`` independent blocks of size ``b1 × C2``, each replaced
-    by its best rank-one approximation (see :func:`fastbfly._kernels` for the indices).
-    Exact butterfly products are recovered to machine precision by every tree.
+    A tree node covering factors ``s..e`` has the pattern ``fuse(π_s, ..., π_e)`` and is
+    stored as a 4-D array ``(a, B, C, d)``; splitting it gives ``a*c1*b2*d``
+    independent ``b1 × C2`` blocks (see :func:`fastbfly._kernels._split_rank_one_py`).
+    Exact products on the chain are recovered to machine precision by every tree.
 
     Examples
     --------
@@ -90,15 +107,20 @@ def factorize(matrix, *, tree="balanced", perm=None, orthonormalize=True, progre
     """
     started = time.perf_counter()
     matrix = _as_matrix(matrix)
-    n = matrix.shape[0]
-    chain = Chain.square_dyadic(n)
+    m, n = matrix.shape
+    chain, padded = _resolve_chain(chain, matrix.shape, n_factors, rank, pad)
+    if padded != (m, n):
+        grown = np.zeros(padded, dtype=matrix.dtype)
+        grown[:m, :n] = matrix
+        matrix = grown
     root = build_tree(tree, len(chain))
-    candidates = _perm_candidates(perm, n)
+    plan = _plan(chain, root, orthonormalize)
+    candidates = _perm_candidates(perm, n, padded[1])
 
     best = None
     perm_errors = []
     for candidate in candidates:
-        factors, error = _hierarchical(matrix, chain, root, candidate, orthonormalize, progress)
+        factors, error = _hierarchical(matrix, chain, root, plan, candidate, orthonormalize, progress)
         perm_errors.append(error)
         if best is None or error < best[1]:
             best = (factors, error, candidate)
@@ -108,14 +130,20 @@ def factorize(matrix, *, tree="balanced", perm=None, orthonormalize=True, progre
         "tree": root.to_nested(),
         "perm_errors": perm_errors,
         "orthonormalize": bool(orthonormalize),
+        "padded_shape": padded,
         "seconds": time.perf_counter() - started,
     }
-    return Butterfly(factors, perm=chosen, info=info)
+    return Butterfly(factors, perm=chosen, info=info, shape=(m, n))
 
 
 def _as_matrix(matrix) -> np.ndarray:
     """Validate the input and return a C-contiguous array of a supported dtype
     (a view of the caller's array when nothing needs converting)."""
+    if hasattr(matrix, "toarray") and not isinstance(matrix, np.ndarray):
+        raise TypeError(
+            f"matrix must be a dense array, got {type(matrix).__name__}; call .toarray() "
+            f"first if it is small enough"
+        )
     array = np.asarray(matrix)
     if array.dtype.kind in "biu":
         array = array.astype(np.float64)
@@ -130,30 +158,72 @@ def _as_matrix(matrix) -> np.ndarray:
         raise ValueError(f"matrix must be 2-D, got {array.ndim}-D with shape {array.shape}")
     if array.size == 0:
         raise ValueError(f"matrix must not be empty, got shape {array.shape}")
-    m, n = array.shape
-    if m != n:
-        raise ValueError(f"matrix must be square (general shapes are not supported yet), got {array.shape}")
-    log2_exact(n, "matrix size")
     return np.ascontiguousarray(array)
 
 
-def _perm_candidates(perm, n: int) -> list:
-    """The list of column permutations to try (``None`` is the identity)."""
+def _resolve_chain(chain, shape, n_factors, rank, pad):
+    """The chain to factorize on, and the (possibly zero-padded) shape it covers."""
+    m, n = shape
+    if chain is not None:
+        if n_factors is not None or rank != 1:
+            raise ValueError("give either chain or n_factors/rank, not both")
+        chain = chain if isinstance(chain, Chain) else Chain(chain)
+        if chain.shape != shape:
+            raise ValueError(f"chain of shape {chain.shape} does not match the matrix shape {shape}")
+        return chain, shape
+    if (m == n and m & (m - 1) == 0 and rank == 1
+            and n_factors in (None, max(1, m.bit_length() - 1))):
+        return Chain.square_dyadic(m), shape
+    try:
+        return Chain.auto(m, n, n_factors, rank), shape
+    except ValueError:
+        if not pad:
+            raise
+    for grown_m, grown_n in _smooth_sizes(m, n):
+        try:
+            return Chain.auto(grown_m, grown_n, n_factors, rank), (grown_m, grown_n)
+        except ValueError:
+            continue
+    raise ValueError(f"no chain fits even after padding {shape} (n_factors={n_factors}, rank={rank})")
+
+
+def _smooth_sizes(m: int, n: int):
+    """Pairs of sizes >= (m, n) with prime factors <= 7, smallest total first, up to 2x."""
+    def smooth(k):
+        for p in (2, 3, 5, 7):
+            while k % p == 0:
+                k //= p
+        return k == 1
+
+    rows = [k for k in range(m, 2 * m + 1) if smooth(k)]
+    cols = [k for k in range(n, 2 * n + 1) if smooth(k)]
+    return sorted(((r, c) for r in rows for c in cols), key=lambda rc: rc[0] * rc[1])
+
+
+def _perm_candidates(perm, n: int, padded_n: int) -> list:
+    """The list of column permutations to try (``None`` is the identity), each extended
+    by the identity over padded columns."""
     if perm is None:
-        return [None]
-    if isinstance(perm, str):
-        return [_named_perm(perm, n)]
-    if isinstance(perm, (list, tuple)) and perm and not np.isscalar(perm[0]):
+        candidates = [None]
+    elif isinstance(perm, str):
+        candidates = [_named_perm(perm, n)]
+    elif isinstance(perm, (list, tuple)) and perm and not np.isscalar(perm[0]):
         if not all(p is None or isinstance(p, str) or np.ndim(p) == 1 for p in perm):
             raise ValueError("perm must be None, 'bitrev', an index vector, or a list of those")
-        return [
+        candidates = [
             None if p is None else _named_perm(p, n) if isinstance(p, str) else validate_permutation(p, n)
             for p in perm
         ]
-    array = np.asarray(perm)
-    if array.ndim == 2:
-        return [validate_permutation(row, n) for row in array]
-    return [validate_permutation(array, n)]
+    else:
+        array = np.asarray(perm)
+        if array.ndim == 2:
+            candidates = [validate_permutation(row, n) for row in array]
+        else:
+            candidates = [validate_permutation(array, n)]
+    if padded_n == n:
+        return candidates
+    tail = np.arange(n, padded_n, dtype=np.int64)
+    return [None if p is None else np.concatenate([p, tail]) for p in candidates]
 
 
 def _named_perm(name: str, n: int):
@@ -164,27 +234,74 @@ def _named_perm(name: str, n: int):
     raise ValueError(f"unknown permutation {name!r}: expected 'bitrev', 'identity' or an index vector")
 
 
-def _hierarchical(matrix, chain: Chain, root: Node, perm, orthonormalize: bool, progress):
+@dataclass(frozen=True)
+class _Split:
+    """How to split one tree node: patterns of the node and its children, block sizes."""
+
+    pattern: Pattern
+    left: Pattern
+    right: Pattern
+    b1: int  # rows per block
+    c1: int  # column groups
+    rank: int
+    c2: int  # columns per block
+
+
+def _plan(chain: Chain, root: Node, orthonormalize: bool) -> dict:
+    """Patterns and block sizes of every split of the tree, checked before any work."""
+    plan = {}
+
+    def visit(node: Node):
+        if node.is_leaf:
+            return
+        pattern = chain.fused(node.start, node.stop)
+        left = chain.fused(node.start, node.split)
+        right = chain.fused(node.split, node.stop)
+        c1 = right.a // pattern.a
+        rank = left.c // c1
+        split = _Split(pattern, left, right, left.b, c1, rank, right.c)
+        if rank > min(split.b1, split.c2):
+            raise ValueError(
+                f"rank {rank} between factors {node.split - 1} and {node.split} is larger "
+                f"than the {split.b1} x {split.c2} blocks of that split allow"
+            )
+        plan[(node.start, node.stop)] = split
+        visit(node.left)
+        visit(node.right)
+
+    visit(root)
+    if orthonormalize:
+        for index, (pattern, rank) in enumerate(zip(chain.patterns, chain.ranks)):
+            if rank > pattern.b:
+                raise ValueError(
+                    f"rank {rank} after factor {index} exceeds its {pattern.b} rows per "
+                    f"block, so it cannot be orthonormalized; use orthonormalize=False "
+                    f"or a smaller rank"
+                )
+    return plan
+
+
+def _hierarchical(matrix, chain: Chain, root: Node, plan: dict, perm, orthonormalize: bool,
+                  progress):
     """Factorize ``matrix[:, perm]`` on ``chain`` along the tree ``root``.
 
     Returns the factors (left-most first) and the relative error from the block
     residuals.
     """
-    n = matrix.shape[1]
-    n_splits = len(chain) - 1
+    m, n = matrix.shape
     values = [None] * len(chain)  # final 4-D values of each factor, once known
     state = {"normalized": 0, "residual2": 0.0, "splits": 0, "norm2": None}
     sigma_power = 1.0 if orthonormalize else 0.5
     tol = 8.0 * np.finfo(matrix.dtype).eps
 
     def normalize_left_of(node_values, start):
-        # Make X_1 ⋯ X_{start-1} column-orthonormal (rank one: unit columns) by scaling
-        # each not-yet-normalized factor's columns and pushing the norms into the rows of
-        # the next factor, the last one into the node about to be factorized.  Each
-        # factor is normalized once: later pushes only go to the right.
+        # Make X_1 ⋯ X_{start-1} column-orthonormal block by block by orthonormalizing
+        # each not-yet-normalized factor's column groups and pushing the triangular
+        # factors into the next factor, the last one into the node about to be
+        # factorized.  Each factor is normalized once: later pushes only go right.
         for index in range(state["normalized"], start):
             target = values[index + 1] if index + 1 < start else node_values
-            _push_column_norms(values[index], target)
+            _push_column_frames(values[index], target, chain.ranks[index])
         state["normalized"] = max(state["normalized"], start)
 
     def solve(node_values, node: Node, columns):
@@ -193,14 +310,10 @@ def _hierarchical(matrix, chain: Chain, root: Node, perm, orthonormalize: bool, 
         if node.is_leaf:
             values[node.start] = node_values
             return
-        pattern = chain.fused(node.start, node.stop)
-        left_pattern = chain.fused(node.start, node.split)
-        right_pattern = chain.fused(node.split, node.stop)
-        b1 = left_pattern.b
-        c1 = right_pattern.a // pattern.a
-        left = np.empty(tuple(left_pattern), dtype=matrix.dtype)
-        right = np.empty(tuple(right_pattern), dtype=matrix.dtype)
-        norm2, residual2, bad = _split(node_values, columns, b1, c1, left, right, sigma_power, tol)
+        split = plan[(node.start, node.stop)]
+        left = np.empty(tuple(split.left), dtype=matrix.dtype)
+        right = np.empty(tuple(split.right), dtype=matrix.dtype)
+        norm2, residual2, bad = _split(node_values, columns, split, left, right, sigma_power, tol)
         if state["norm2"] is None:
             state["norm2"] = norm2
             if bad:
@@ -208,17 +321,17 @@ def _hierarchical(matrix, chain: Chain, root: Node, perm, orthonormalize: bool, 
         state["residual2"] += residual2
         state["splits"] += 1
         if progress is not None:
-            progress(state["splits"], n_splits)
-        solve(left, node.left, _identity(left_pattern.c))
-        solve(right, node.right, _identity(right_pattern.c))
+            progress(state["splits"], len(plan))
+        solve(left, node.left, _identity(split.left.c))
+        solve(right, node.right, _identity(split.right.c))
 
     columns = _identity(n) if perm is None else perm
-    if root.is_leaf:  # a single factor: the matrix itself (n = 1 or a 1-factor chain)
+    if root.is_leaf:  # a single factor: the matrix itself
         if not np.all(np.isfinite(matrix)):
             _raise_not_finite(matrix)
         leaf = np.ascontiguousarray(matrix[:, columns]).reshape(tuple(chain[0]))
         return [Factor(chain[0], leaf)], 0.0
-    solve(matrix.reshape(1, n, n, 1), root, columns)
+    solve(matrix.reshape(1, m, n, 1), root, columns)
     norm2 = state["norm2"]
     error = math.sqrt(state["residual2"] / norm2) if norm2 > 0 else 0.0
     return [Factor(p, v) for p, v in zip(chain, values)], error
@@ -228,35 +341,55 @@ def _identity(n: int) -> np.ndarray:
     return np.arange(n, dtype=np.int64)
 
 
-def _split(node_values, columns, b1, c1, left, right, sigma_power, tol):
-    """Run the block kernel, serial or parallel by size; return (‖node‖², residual², bad)."""
-    a, big_b, big_c, d = node_values.shape
-    block_bytes = b1 * (big_c // c1) * node_values.itemsize
-    batch = max(1, min(c1, PANEL_BYTES // block_bytes))
-    n_tasks = a * (big_b // b1) * d * -(-c1 // batch)
-    parallel = node_values.size >= PARALLEL_MIN_NODE_SIZE and numba.get_num_threads() > 1
-    n_chunks = min(n_tasks, CHUNKS_PER_THREAD * numba.get_num_threads()) if parallel else 1
+def _split(node_values, columns, split: _Split, left, right, sigma_power, tol):
+    """Run a block kernel on one node; return (‖node‖², residual², blocks with NaN/Inf)."""
+    a, big_b, _, d = node_values.shape
+    b1, c1, c2 = split.b1, split.c1, split.c2
+    threads = numba.get_num_threads()
+    if split.rank > 1:
+        n_chunks = 1
+        args = (node_values, columns, b1, c1, split.rank, left, right, sigma_power, n_chunks)
+        kernel = _kernels.split_rank_r_serial
+    else:
+        batch = max(1, min(c1, PANEL_BYTES // (b1 * c2 * node_values.itemsize)))
+        n_tasks = a * (big_b // b1) * d * -(-c1 // batch)
+        parallel = node_values.size >= PARALLEL_MIN_NODE_SIZE and threads > 1
+        n_chunks = min(n_tasks, CHUNKS_PER_THREAD * threads) if parallel else 1
+        kernel = _kernels.split_rank_one_parallel if parallel else _kernels.split_rank_one_serial
+        args = (node_values, columns, b1, c1, batch, left, right, sigma_power, tol, n_chunks)
     norm2 = np.zeros(n_chunks)
     residual2 = np.zeros(n_chunks)
     bad = np.zeros(n_chunks, dtype=np.int64)
-    kernel = _kernels.split_rank_one_parallel if parallel else _kernels.split_rank_one_serial
-    kernel(node_values, columns, b1, c1, batch, left, right, sigma_power, tol, n_chunks, norm2, residual2, bad)
+    kernel(*args, norm2, residual2, bad)
     return float(norm2.sum()), float(residual2.sum()), int(bad.sum())
 
 
-def _push_column_norms(factor_values: np.ndarray, target: np.ndarray) -> None:
-    """Scale the columns of one factor to unit norm and multiply the matching rows of
-    ``target`` (the next factor or node) by the norms; the product is unchanged."""
+def _push_column_frames(factor_values: np.ndarray, target: np.ndarray, rank: int) -> None:
+    """Orthonormalize one factor's column groups and push the triangular factors into
+    the matching rows of ``target`` (the next factor or node); the product is unchanged.
+
+    The ``rank`` columns ``k1*rank + ρ`` of block ``(i, t)`` share their support, so
+    they form one ``b × rank`` matrix ``Q R``.  In the target they are the rows
+    ``(i', ρ*(d/d') + j0, t')`` with ``i' = i*(c/rank) + k1`` and ``t = j0*d' + t'``,
+    which share their support too: ``R`` mixes them without leaving the pattern.
+    """
     a, b, c, d = factor_values.shape
-    # (a, b, c, d) -> (a, c, d): norm over j of every column (i, k, t); hypot avoids
-    # overflow for huge entries.
-    norms = np.hypot.reduce(np.abs(factor_values), axis=1)
-    safe = np.where(norms > 0, norms, 1.0)
-    factor_values /= safe[:, None, :, :]
-    # Column (i, k, t) of this factor is row (i*c + k)*d + t of the target, which as a
-    # 4-D target (a', b', c', d') is index (i', j', t') in C order: reshape, no copy.
-    ta, tb, _, td = target.shape
-    target *= norms.reshape(ta, tb, 1, td)
+    ta, tb, tc, td = target.shape
+    if rank == 1:
+        # (a, b, c, d) -> (a, c, d): norm of every column; hypot avoids overflow.
+        norms = np.hypot.reduce(np.abs(factor_values), axis=1)
+        factor_values /= np.where(norms > 0, norms, 1.0)[:, None, :, :]
+        target *= norms.reshape(ta, tb, 1, td)
+        return
+    # (a, b, c, d) -> (a, c/r, d, b, r): one b × r matrix per column group
+    groups = factor_values.reshape(a, b, c // rank, rank, d).transpose(0, 2, 4, 1, 3)
+    q, r = np.linalg.qr(groups)
+    factor_values[...] = q.transpose(0, 3, 1, 4, 2).reshape(a, b, c, d)
+    # target (a', b', c', d') -> (a', d/d', d', r, c'): the r rows each R mixes
+    spread = d // td
+    rows = target.reshape(ta, rank, spread, tc, td).transpose(0, 2, 4, 1, 3)
+    mixed = np.matmul(r.reshape(ta, spread, td, rank, rank), rows)
+    target[...] = mixed.transpose(0, 3, 1, 4, 2).reshape(ta, tb, tc, td)
 
 
 def _raise_not_finite(matrix):

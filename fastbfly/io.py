@@ -51,6 +51,8 @@ def save(path, butterfly: Butterfly) -> None:
         arrays["perm"] = butterfly.perm
     if butterfly.row_perm is not None:
         arrays["row_perm"] = butterfly.row_perm
+    if butterfly.shape != butterfly.chain.shape:
+        arrays["shape"] = np.array(butterfly.shape, dtype=np.int64)
     directory = os.path.dirname(os.path.abspath(path))
     handle, temporary = tempfile.mkstemp(prefix=".fastbfly-", suffix=".npz.tmp", dir=directory)
     try:
@@ -104,11 +106,16 @@ def load(path) -> Butterfly:
             f"{path!s}: patterns need {sum(sizes)} values but the file holds {values.size}"
         )
     offsets = np.cumsum([0] + sizes)
+    shape = arrays.get("shape")
+    if shape is not None:
+        if shape.shape != (2,) or shape.dtype.kind not in "iu":
+            raise ValueError(f"{path!s}: malformed shape array {shape!r}")
+        shape = tuple(int(s) for s in shape)
     try:
         factors = [
             Factor(p, values[start:stop].reshape(tuple(p)))
             for p, start, stop in zip(pattern_list, offsets[:-1], offsets[1:])
         ]
-        return Butterfly(factors, perm=arrays.get("perm"), row_perm=arrays.get("row_perm"))
+        return Butterfly(factors, perm=arrays.get("perm"), row_perm=arrays.get("row_perm"), shape=shape)
     except (TypeError, ValueError) as error:
         raise ValueError(f"{path!s}: inconsistent contents: {error}") from None

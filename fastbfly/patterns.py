@@ -14,6 +14,7 @@ Everything here is closed-form integer arithmetic: no support matrix is ever for
 
 from __future__ import annotations
 
+import math
 import numbers
 from typing import NamedTuple, Sequence
 
@@ -157,6 +158,114 @@ class Chain:
             return cls([(1, 1, 1, 1)])
         return cls([(2 ** (l - 1), 2, 2, n >> l) for l in range(1, n_levels + 1)])
 
+    @classmethod
+    def from_radices(cls, row_radices, col_radices, ranks=None) -> "Chain":
+        """The chain with row radices ``q``, column radices ``p`` and internal ranks.
+
+        Factor ``l`` (0-based) gets the pattern ``(a_l, q_l r_{l-1}, p_l r_l, d_l)`` with
+        ``a_l = p_0 ⋯ p_{l-1}``, ``d_l = q_{l+1} ⋯ q_{L-1}`` and ``r_{-1} = r_{L-1} = 1``,
+        so the product has shape ``(prod(q), prod(p))``.  Every chainable chain of
+        ``L`` factors is of this form.
+
+        Parameters
+        ----------
+        row_radices, col_radices : sequences of ``L`` positive ints
+        ranks : int or sequence of ``L - 1`` positive ints, default 1
+
+        Examples
+        --------
+        >>> Chain.from_radices([2, 2], [4, 2], ranks=2)
+        Chain([(1, 2, 8, 2), (4, 4, 2, 1)], shape=(4, 8), ranks=(2,))
+        """
+        rows = [_positive_int(q, "row radix") for q in row_radices]
+        cols = [_positive_int(p, "column radix") for p in col_radices]
+        if len(rows) != len(cols) or not rows:
+            raise ValueError(
+                f"row and column radices must be non-empty and of equal length, got "
+                f"{len(rows)} and {len(cols)}"
+            )
+        n_factors = len(rows)
+        if ranks is None:
+            ranks = 1
+        if isinstance(ranks, (numbers.Integral,)) and not isinstance(ranks, bool):
+            ranks = [int(ranks)] * (n_factors - 1)
+        ranks = [_positive_int(r, "rank") for r in ranks]
+        if len(ranks) != n_factors - 1:
+            raise ValueError(f"need {n_factors - 1} ranks for {n_factors} factors, got {len(ranks)}")
+        links = [1] + ranks + [1]
+        patterns = []
+        for l in range(n_factors):
+            a = math.prod(cols[:l])
+            d = math.prod(rows[l + 1 :])
+            patterns.append((a, rows[l] * links[l], cols[l] * links[l + 1], d))
+        return cls(patterns)
+
+    @classmethod
+    def monarch(cls, m: int, n: int, blocks: int | None = None, rank: int = 1) -> "Chain":
+        """Two-factor Monarch-like chain for an ``m × n`` matrix: the right factor is
+        block diagonal with ``blocks`` blocks, the left one mixes across blocks.
+
+        ``blocks`` must divide ``n``; its default is the divisor of ``n`` closest to
+        ``sqrt(n)``.  The row radices are split the same way over ``m``.
+
+        Examples
+        --------
+        >>> Chain.monarch(16, 16)
+        Chain([(1, 4, 4, 4), (4, 4, 4, 1)], shape=(16, 16), ranks=(1,))
+        """
+        m = _positive_int(m, "m")
+        n = _positive_int(n, "n")
+        if blocks is None:
+            blocks = min(_divisors(n), key=lambda p: (abs(p - math.sqrt(n)), p))
+        blocks = _positive_int(blocks, "blocks")
+        if n % blocks:
+            raise ValueError(f"blocks = {blocks} must divide n = {n}")
+        row_split = min(_divisors(m), key=lambda q: (abs(q - math.sqrt(m)), q))
+        return cls.from_radices([row_split, m // row_split], [blocks, n // blocks], rank)
+
+    @classmethod
+    def auto(cls, m: int, n: int, n_factors: int | None = None, rank: int = 1) -> "Chain":
+        """The chainable chain for an ``m × n`` matrix with ``n_factors`` factors and
+        internal rank ``rank`` that stores the fewest values.
+
+        Dynamic programming over the divisors of ``m`` and ``n`` (the search pyfaust's
+        ``DebflyGen`` does).  Every factor must have a row or column radix above 1, and
+        the rank may not exceed the block sizes it joins.  Chains are *monotone*: each
+        factor's row radix equals (square matrix), exceeds (tall) or is below (wide) its
+        column radix, as in pyfaust's ``DebflyGen``.  ``n_factors=None`` tries
+        every feasible number of factors and keeps the cheapest.
+
+        Raises
+        ------
+        ValueError
+            If no chain exists, e.g. because ``m`` or ``n`` has too few prime factors
+            for ``n_factors`` factors (zero-padding, ``factorize(..., pad=True)``, is
+            the remedy for sizes with a large prime factor).
+
+        Examples
+        --------
+        >>> Chain.auto(12, 30, 3)
+        Chain([(1, 2, 2, 6), (2, 3, 3, 2), (6, 2, 5, 1)], shape=(12, 30), ranks=(1, 1))
+        """
+        m = _positive_int(m, "m")
+        n = _positive_int(n, "n")
+        rank = _positive_int(rank, "rank")
+        if n_factors is None:
+            best = None
+            for count in range(1, _count_prime_factors(m) + _count_prime_factors(n) + 1):
+                try:
+                    chain = cls.auto(m, n, count, rank)
+                except ValueError:
+                    continue
+                if best is None or chain.nnz < best.nnz:
+                    best = chain
+            if best is None:
+                raise ValueError(f"no chainable chain for a {m} x {n} matrix with rank {rank}")
+            return best
+        n_factors = _positive_int(n_factors, "n_factors")
+        row_radices, col_radices = _cheapest_radices(m, n, n_factors, rank)
+        return cls.from_radices(row_radices, col_radices, rank)
+
     def __len__(self) -> int:
         return len(self.patterns)
 
@@ -194,6 +303,85 @@ class Chain:
     def __repr__(self) -> str:
         body = ", ".join(str(tuple(p)) for p in self.patterns)
         return f"Chain([{body}], shape={self.shape}, ranks={self.ranks})"
+
+
+def _positive_int(value, name: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name} must be an integer, got {value!r}")
+    if value < 1:
+        raise ValueError(f"{name} must be positive, got {value}")
+    return int(value)
+
+
+def _divisors(n: int) -> list[int]:
+    small = [k for k in range(1, math.isqrt(n) + 1) if n % k == 0]
+    return sorted(set(small + [n // k for k in small]))
+
+
+def _count_prime_factors(n: int) -> int:
+    count, k = 0, 2
+    while k * k <= n:
+        while n % k == 0:
+            n //= k
+            count += 1
+        k += 1
+    return count + (n > 1)
+
+
+def _cheapest_radices(m: int, n: int, n_factors: int, rank: int):
+    """Row and column radices minimising the stored values (see `Chain.auto`).
+
+    State after ``l`` factors: ``(P, Q)``, the products of the column and row radices so
+    far.  Factor ``l`` stores ``P_l * (m / Q_{l-1}) * r_{l-1} * r_l`` values.
+    """
+    links = [1] + [rank] * (n_factors - 1) + [1]
+    row_divisors, col_divisors = _divisors(m), _divisors(n)
+    # best[(P, Q)] = (cost, row radices, column radices)
+    best = {(1, 1): (0, (), ())}
+    for l in range(n_factors):
+        last = l == n_factors - 1
+        following = {}
+        for (P, Q), (cost, rows, cols) in best.items():
+            for q in row_divisors:
+                if (m // Q) % q or (last and Q * q != m):
+                    continue
+                for p in col_divisors:
+                    if (n // P) % p or (last and P * p != n) or p * q < 2:
+                        continue
+                    # Monotone chains (Deformable Butterfly, Lin et al. 2022): every
+                    # factor is square, tall or wide like the matrix.  Without this the
+                    # cheapest "chain" is a rank-one outer product.
+                    if (m == n and q != p) or (m > n and q < p) or (m < n and q > p):
+                        continue
+                    # the rank cannot exceed the sizes of the blocks it joins
+                    if q * links[l] < links[l + 1] or p * links[l + 1] < links[l]:
+                        continue
+                    total = cost + P * p * (m // Q) * links[l] * links[l + 1]
+                    key = (P * p, Q * q)
+                    if key not in following or total < following[key][0]:
+                        following[key] = (total, rows + (q,), cols + (p,))
+        best = following
+    if (n, m) not in best:
+        raise ValueError(
+            f"no chain of {n_factors} factors with rank {rank} for a {m} x {n} matrix: "
+            f"{m} and {n} do not have enough divisors (prime factors {_prime_factors(m)} "
+            f"and {_prime_factors(n)}); use fewer factors, or zero-padding "
+            f"(factorize(..., pad=True)) for sizes with a large prime factor"
+        )
+    _, rows, cols = best[(n, m)]
+    return list(rows), list(cols)
+
+
+def _prime_factors(n: int) -> list[int]:
+    factors, k = [], 2
+    while k * k <= n:
+        while n % k == 0:
+            factors.append(k)
+            n //= k
+        k += 1
+    if n > 1:
+        factors.append(n)
+    return factors
 
 
 def log2_exact(n, name: str) -> int:
