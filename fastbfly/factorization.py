@@ -398,3 +398,28 @@ def _raise_not_finite(matrix):
         f"matrix contains NaN or Inf ({len(where)} entries, first at index "
         f"{tuple(int(i) for i in where[0])}); factorize needs finite values"
     )
+
+
+def split_errors(matrix, chain: Chain, perm=None) -> np.ndarray:
+    """``E_l = min ‖matrix[:, perm] - A B‖_F`` over ``A`` on ``fuse(π_1..π_l)`` and ``B``
+    on ``fuse(π_{l+1}..π_L)``, for ``l = 1..L-1`` (absolute, not relative).
+
+    Each is one exact two-factor problem (independent blocks, truncated SVD), so the
+    cost is ``L - 1`` root splits.  Every product on the chain is also such a
+    two-factor product, so ``max_l E_l`` bounds the best achievable error from below.
+    ``matrix`` must already be validated and of the chain's shape.
+    """
+    m, n = matrix.shape
+    columns = _identity(n) if perm is None else perm
+    errors = np.empty(len(chain) - 1)
+    for split_at in range(1, len(chain)):
+        node = Node(0, len(chain), Node(0, split_at), Node(split_at, len(chain)))
+        split = _plan(chain, node, orthonormalize=False)[(0, len(chain))]
+        left = np.empty(tuple(split.left), dtype=matrix.dtype)
+        right = np.empty(tuple(split.right), dtype=matrix.dtype)
+        tol = 8.0 * np.finfo(matrix.dtype).eps
+        norm2, residual2, bad = _split(matrix.reshape(1, m, n, 1), columns, split, left, right, 0.5, tol)
+        if bad:
+            _raise_not_finite(matrix)
+        errors[split_at - 1] = math.sqrt(residual2)
+    return errors
