@@ -12,7 +12,7 @@ import numpy as np
 from . import _kernels
 from .butterfly import SUPPORTED_DTYPES, Butterfly, Factor
 from .patterns import Chain, Pattern
-from .permutations import bit_reversal_permutation, validate_permutation
+from .permutations import bit_reversal_permutation, dao_permutations, validate_permutation
 from .trees import Node, build_tree
 
 __all__ = ["factorize"]
@@ -27,7 +27,7 @@ PANEL_BYTES = 1 << 25
 
 
 def factorize(matrix, *, chain=None, n_factors=None, rank=1, tree="balanced", perm=None,
-              orthonormalize=True, pad=False, progress=None):
+              row_perm=None, orthonormalize=True, pad=False, progress=None):
     """Approximate a matrix by a product of butterfly (Kronecker-sparse) factors.
 
     Runs the hierarchical algorithm: split the chain of factors in two, solve that
@@ -53,11 +53,20 @@ def factorize(matrix, *, chain=None, n_factors=None, rank=1, tree="balanced", pe
         ``"balanced"``, ``"left-to-right"``, ``"right-to-left"``, or a binary tree over
         the factor indices ``0..L-1`` as nested 2-tuples, e.g. ``((0, 1), (2, 3))``
         (see :mod:`fastbfly.trees`).
-    perm : None, "bitrev", (n,) int array, or list of those, optional
+    perm : None, str, (n,) int array, or list of those, optional
         Column permutation applied before factorizing: the factors approximate
         ``matrix[:, perm]`` and the returned `Butterfly` carries ``perm``, so that ``B``
-        approximates ``matrix`` itself.  With a list, every candidate is tried and the
-        one with the smallest error is kept (all errors are in ``B.info``).
+        approximates ``matrix`` itself.  Names: ``"identity"``, ``"bitrev"`` (bit
+        reversal; the DFT is a butterfly after it), ``"dao8"`` (the eight permutations
+        of Dao et al. 2019, pyfaust's ``default_8``, see
+        :func:`fastbfly.permutations.dao_permutations`) and ``"auto"`` (the same eight,
+        which include the identity and the bit reversal; sizes that are not powers of
+        two only have the identity).  With several candidates each is factorized in
+        turn and the one with the smallest error is kept; every candidate's error is in
+        ``B.info["candidates"]``.
+    row_perm : same as ``perm``, optional
+        Row permutation: the factors approximate ``matrix[row_perm][:, perm]``.  With
+        candidates for both, every pair is tried (the cost multiplies).
     orthonormalize : bool, default True
         Keep the already-computed factors orthonormal block by block (QR of each group
         of ``r`` columns) and push the rest into the part still to be factorized.  Each
@@ -115,25 +124,30 @@ def factorize(matrix, *, chain=None, n_factors=None, rank=1, tree="balanced", pe
         matrix = grown
     root = build_tree(tree, len(chain))
     plan = _plan(chain, root, orthonormalize)
-    candidates = _perm_candidates(perm, n, padded[1])
+    column_candidates = _perm_candidates(perm, n, padded[1], "perm")
+    row_candidates = _perm_candidates(row_perm, m, padded[0], "row_perm")
 
     best = None
-    perm_errors = []
-    for candidate in candidates:
-        factors, error = _hierarchical(matrix, chain, root, plan, candidate, orthonormalize, progress)
-        perm_errors.append(error)
-        if best is None or error < best[1]:
-            best = (factors, error, candidate)
-    factors, error, chosen = best
+    tried = []
+    for row_label, rows in row_candidates:
+        permuted = matrix if rows is None else matrix[rows]
+        for column_label, columns in column_candidates:
+            factors, error = _hierarchical(permuted, chain, root, plan, columns, orthonormalize, progress)
+            tried.append({"row_perm": row_label, "perm": column_label, "relative_error": error})
+            if best is None or error < best[0]:
+                best = (error, factors, rows, columns, row_label, column_label)
+    error, factors, rows, columns, row_label, column_label = best
     info = {
         "relative_error": error,
         "tree": root.to_nested(),
-        "perm_errors": perm_errors,
+        "perm": column_label,
+        "row_perm": row_label,
+        "candidates": tried,
         "orthonormalize": bool(orthonormalize),
         "padded_shape": padded,
         "seconds": time.perf_counter() - started,
     }
-    return Butterfly(factors, perm=chosen, info=info, shape=(m, n))
+    return Butterfly(factors, perm=columns, row_perm=rows, info=info, shape=(m, n))
 
 
 def _as_matrix(matrix) -> np.ndarray:
@@ -200,38 +214,62 @@ def _smooth_sizes(m: int, n: int):
     return sorted(((r, c) for r in rows for c in cols), key=lambda rc: rc[0] * rc[1])
 
 
-def _perm_candidates(perm, n: int, padded_n: int) -> list:
-    """The list of column permutations to try (``None`` is the identity), each extended
-    by the identity over padded columns."""
+def _perm_candidates(perm, n: int, padded_n: int, name: str) -> list:
+    """``(label, index vector or None)`` pairs to try, each vector extended by the
+    identity over padded positions."""
     if perm is None:
-        candidates = [None]
+        candidates = [("identity", None)]
     elif isinstance(perm, str):
-        candidates = [_named_perm(perm, n)]
-    elif isinstance(perm, (list, tuple)) and perm and not np.isscalar(perm[0]):
-        if not all(p is None or isinstance(p, str) or np.ndim(p) == 1 for p in perm):
-            raise ValueError("perm must be None, 'bitrev', an index vector, or a list of those")
-        candidates = [
-            None if p is None else _named_perm(p, n) if isinstance(p, str) else validate_permutation(p, n)
-            for p in perm
-        ]
+        candidates = _named_perms(perm, n, name)
+    elif isinstance(perm, (list, tuple)) and any(
+        item is None or isinstance(item, str) or np.ndim(item) > 0 for item in perm
+    ):
+        candidates = []
+        for index, item in enumerate(perm):
+            if item is None:
+                candidates.append(("identity", None))
+            elif isinstance(item, str):
+                candidates.extend(_named_perms(item, n, name))
+            elif np.ndim(item) == 1:
+                candidates.append((f"candidate {index}", validate_permutation(item, n, name)))
+            else:
+                raise ValueError(
+                    f"{name} candidates must be None, names or index vectors, got item "
+                    f"{index} with shape {np.shape(item)}"
+                )
     else:
         array = np.asarray(perm)
         if array.ndim == 2:
-            candidates = [validate_permutation(row, n) for row in array]
+            candidates = [(f"candidate {k}", validate_permutation(row, n, name)) for k, row in enumerate(array)]
         else:
-            candidates = [validate_permutation(array, n)]
+            candidates = [("given", validate_permutation(array, n, name))]
     if padded_n == n:
         return candidates
     tail = np.arange(n, padded_n, dtype=np.int64)
-    return [None if p is None else np.concatenate([p, tail]) for p in candidates]
+    return [(label, None if p is None else np.concatenate([p, tail])) for label, p in candidates]
 
 
-def _named_perm(name: str, n: int):
-    if name == "bitrev":
-        return bit_reversal_permutation(n)
-    if name == "identity":
-        return None
-    raise ValueError(f"unknown permutation {name!r}: expected 'bitrev', 'identity' or an index vector")
+DAO_NAMES = ("dao-000", "dao-001", "dao-010", "dao-011", "dao-100", "dao-101", "dao-110", "dao-111")
+
+
+def _named_perms(label: str, n: int, name: str) -> list:
+    if label == "identity":
+        return [("identity", None)]
+    power_of_two = n & (n - 1) == 0
+    if label == "bitrev":
+        if not power_of_two:
+            raise ValueError(f"{name}='bitrev' needs a power-of-two size, got {n}")
+        return [("bitrev", bit_reversal_permutation(n))]
+    if label == "dao8" or (label == "auto" and power_of_two and n >= 4):
+        if not power_of_two:
+            raise ValueError(f"{name}='dao8' needs a power-of-two size, got {n}")
+        return list(zip(DAO_NAMES, dao_permutations(n)))
+    if label == "auto":
+        return [("identity", None)]
+    raise ValueError(
+        f"unknown {name} {label!r}: expected 'identity', 'bitrev', 'dao8', 'auto', an "
+        f"index vector or a list of those"
+    )
 
 
 @dataclass(frozen=True)

@@ -63,3 +63,67 @@ def validate_permutation(perm, n: int, name: str = "perm") -> np.ndarray:
         raise ValueError(f"{name} is not a permutation: index {repeated} appears more than once")
     array.setflags(write=False)
     return array
+
+
+def dao_permutations(n: int) -> list[np.ndarray]:
+    """The eight permutations of Dao et al. (ICML 2019) that pyfaust calls ``default_8``.
+
+    Each is a product over levels ``i = 2..J`` of ``I_{n/2^i} ⊗ P_i`` where ``P_i`` is
+    the identity composed with any subset of three ``2^i``-point permutations: reverse
+    the second half of the columns (``c``), reverse the first half of the rows (``b``),
+    and the even/odd split (``a``).  The subsets are enumerated as ``"000"..."111"``.
+    With ``"001"`` (the even/odd split at every level) this is the bit reversal.
+
+    Returns
+    -------
+    list of 8 (n,) int64 arrays
+        Index vectors ``p`` with ``matrix[:, p]`` the permuted matrix, equal to the
+        ones pyfaust's ``butterfly(..., perm='default_8')`` tries.
+
+    Examples
+    --------
+    >>> perms = dao_permutations(8)
+    >>> bool((perms[1] == bit_reversal_permutation(8)).all())
+    True
+    """
+    n_levels = log2_exact(n, "n")
+    result = []
+    for choice in range(8):
+        use = [(choice >> (2 - bit)) & 1 for bit in range(3)]  # "abc" read left to right
+        total = np.arange(n)
+        for level in range(2, n_levels + 1):
+            size = 2**level
+            block = np.arange(size)
+            for kind in range(3):
+                if use[kind]:
+                    block = _compose(block, _dao_level_permutation(size, kind))
+            # I_{n/size} ⊗ block, as an index vector
+            tiled = (np.arange(n // size)[:, None] * size + block[None, :]).ravel()
+            total = _compose(total, tiled)
+        # pyfaust factorizes M ≈ B Pᵀ-style: its index vector is the inverse of P's
+        inverse = np.empty(n, dtype=np.int64)
+        inverse[total] = np.arange(n)
+        result.append(inverse)
+    return result
+
+
+def _compose(first: np.ndarray, second: np.ndarray) -> np.ndarray:
+    """Index vector of the product of permutation matrices ``P_first @ P_second``
+    (``P[r, p[r]] = 1``)."""
+    return second[first]
+
+
+def _dao_level_permutation(size: int, kind: int) -> np.ndarray:
+    """Index vector ``p`` (``P[r, p[r]] = 1``) of the level permutations of Dao et al."""
+    half = size // 2
+    rows = np.arange(size)
+    if kind == 0:  # reverse the second half of the columns
+        cols = np.concatenate([np.arange(half), size - 1 - np.arange(half)])
+    elif kind == 1:  # reverse the first half of the rows
+        rows = np.concatenate([half - 1 - np.arange(half), half + np.arange(half)])
+        cols = np.arange(size)
+    else:  # even indices first, then odd
+        cols = np.concatenate([2 * np.arange(half), 2 * np.arange(half) + 1])
+    perm = np.empty(size, dtype=np.int64)
+    perm[rows] = cols
+    return perm
