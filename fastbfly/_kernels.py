@@ -451,150 +451,163 @@ def _factor_vec_adjoint(values, offset, a, b, c, d, i_first, i_last, period, lo,
                         dst[out + t] += value * src[inp + t]
 
 
-def _apply_chain_vec_py(values, patterns, offsets, x, out, adjoint, conjugate, middle,
-                        n_tasks):
-    """Apply the whole chain (or its adjoint/transpose) to one vector ``x`` into ``out``.
-
-    Forward: factors are applied last to first; adjoint: first to last, each transposed
-    (and conjugated when ``conjugate``).
-
-    With ``n_tasks > 1`` the product is shared between threads in two phases split at
-    factor ``middle``.  In a chainable chain ``a`` can only grow and ``d`` only shrink
-    from left to right, so the factors ``middle..L-1`` are all block diagonal with
-    ``A = a[middle]`` independent blocks (contiguous segments of the vector), and the
-    factors ``0..middle-1`` never mix positions of different residue modulo
-    ``D = d[middle-1]``.  Each phase therefore runs all its factors on a slice per task
-    without synchronisation: one barrier per product instead of one per factor.
-    """
-    n_factors = patterns.shape[0]
-    size = max(x.shape[0], out.shape[0])
-    for f in range(n_factors):
-        size = max(size, patterns[f, 0] * patterns[f, 1] * patterns[f, 3])
-    buffers = np.empty((2, size), dtype=out.dtype)
-    segments = patterns[middle, 0] if n_tasks > 1 else 1
-    period = patterns[middle - 1, 3] if n_tasks > 1 else 1
-    # Steps are numbered in application order; step s applies factor L-1-s (forward)
-    # or s (adjoint).  Forward runs the block-diagonal factors first, adjoint last.
-    first_phase_steps = n_factors - middle if not adjoint else middle
-    for phase in range(2 if n_tasks > 1 else 1):
-        if n_tasks == 1:
-            first_step, last_step = 0, n_factors
-        elif phase == 0:
-            first_step, last_step = 0, first_phase_steps
-        else:
-            first_step, last_step = first_phase_steps, n_factors
-        block_phase = (phase == 0) != adjoint
-        for task in prange(n_tasks):
-            for step in range(first_step, last_step):
-                f = n_factors - 1 - step if not adjoint else step
-                a, b, c, d = patterns[f, 0], patterns[f, 1], patterns[f, 2], patterns[f, 3]
-                i_first, i_last = 0, a
-                t_period, lo, hi = d, 0, d
-                if n_tasks > 1:
-                    if block_phase:
-                        blocks_per_segment = a // segments
-                        i_first = blocks_per_segment * (segments * task // n_tasks)
-                        i_last = blocks_per_segment * (segments * (task + 1) // n_tasks)
-                    else:
-                        t_period = period
-                        lo = period * task // n_tasks
-                        hi = period * (task + 1) // n_tasks
-                src = x if step == 0 else buffers[(step - 1) % 2]
-                dst = out if step == n_factors - 1 else buffers[step % 2]
-                if adjoint:
-                    _factor_vec_adjoint(values, offsets[f], a, b, c, d, i_first, i_last,
-                                        t_period, lo, hi, src, dst, conjugate)
-                else:
-                    _factor_vec(values, offsets[f], a, b, c, d, i_first, i_last,
-                                t_period, lo, hi, src, dst)
-
-
-apply_chain_vec_serial = njit(cache=True, nogil=True)(_apply_chain_vec_py)
-apply_chain_vec_parallel = njit(cache=True, nogil=True, parallel=True)(_apply_chain_vec_py)
-
-
 @njit(cache=True, nogil=True)
-def _factor_mat(values, offset, a, b, c, d, src, dst):
-    """``dst = K src`` for one factor, ``src`` of shape (n, m) C-ordered: the innermost
-    loop runs over the m right-hand sides, so each factor value is loaded once."""
+def _factor_mat(values, offset, a, b, c, d, i_first, i_last, period, lo, hi, src, dst):
+    """`_factor_vec` for ``src`` of shape (n, m), C-ordered: the innermost loop runs over
+    the m right-hand sides, so each factor value is loaded once per row pair."""
     m = src.shape[1]
-    for i in range(a):
+    if b == 2 and c == 2:
+        for i in range(i_first, i_last):
+            base = offset + 4 * i * d
+            first = 2 * i * d
+            second = first + d
+            for t_high in range(0, d, period):
+                for t in range(t_high + lo, t_high + hi):
+                    v00 = values[base + t]
+                    v01 = values[base + d + t]
+                    v10 = values[base + 2 * d + t]
+                    v11 = values[base + 3 * d + t]
+                    for r in range(m):
+                        x0 = src[first + t, r]
+                        x1 = src[second + t, r]
+                        dst[first + t, r] = v00 * x0 + v01 * x1
+                        dst[second + t, r] = v10 * x0 + v11 * x1
+        return
+    for i in range(i_first, i_last):
         for j in range(b):
             out = (i * b + j) * d
-            for t in range(d):
-                for r in range(m):
-                    dst[out + t, r] = 0.0
+            for t_high in range(0, d, period):
+                for t in range(t_high + lo, t_high + hi):
+                    for r in range(m):
+                        dst[out + t, r] = 0.0
             for k in range(c):
                 base = offset + ((i * b + j) * c + k) * d
                 inp = (i * c + k) * d
-                for t in range(d):
-                    value = values[base + t]
-                    for r in range(m):
-                        dst[out + t, r] += value * src[inp + t, r]
+                for t_high in range(0, d, period):
+                    for t in range(t_high + lo, t_high + hi):
+                        value = values[base + t]
+                        for r in range(m):
+                            dst[out + t, r] += value * src[inp + t, r]
 
 
 @njit(cache=True, nogil=True)
-def _factor_mat_adjoint(values, offset, a, b, c, d, src, dst, conjugate):
+def _factor_mat_adjoint(values, offset, a, b, c, d, i_first, i_last, period, lo, hi,
+                        src, dst, conjugate):
+    """`_factor_vec_adjoint` for many right-hand sides."""
     m = src.shape[1]
-    for i in range(a):
+    if b == 2 and c == 2:
+        for i in range(i_first, i_last):
+            base = offset + 4 * i * d
+            first = 2 * i * d
+            second = first + d
+            for t_high in range(0, d, period):
+                for t in range(t_high + lo, t_high + hi):
+                    v00 = values[base + t]
+                    v01 = values[base + d + t]
+                    v10 = values[base + 2 * d + t]
+                    v11 = values[base + 3 * d + t]
+                    if conjugate:
+                        v00 = np.conj(v00)
+                        v01 = np.conj(v01)
+                        v10 = np.conj(v10)
+                        v11 = np.conj(v11)
+                    for r in range(m):
+                        y0 = src[first + t, r]
+                        y1 = src[second + t, r]
+                        dst[first + t, r] = v00 * y0 + v10 * y1
+                        dst[second + t, r] = v01 * y0 + v11 * y1
+        return
+    for i in range(i_first, i_last):
         for k in range(c):
             out = (i * c + k) * d
-            for t in range(d):
-                for r in range(m):
-                    dst[out + t, r] = 0.0
+            for t_high in range(0, d, period):
+                for t in range(t_high + lo, t_high + hi):
+                    for r in range(m):
+                        dst[out + t, r] = 0.0
         for j in range(b):
             inp = (i * b + j) * d
             for k in range(c):
                 base = offset + ((i * b + j) * c + k) * d
                 out = (i * c + k) * d
-                for t in range(d):
-                    value = values[base + t]
-                    if conjugate:
-                        value = np.conj(value)
-                    for r in range(m):
-                        dst[out + t, r] += value * src[inp + t, r]
+                for t_high in range(0, d, period):
+                    for t in range(t_high + lo, t_high + hi):
+                        value = values[base + t]
+                        if conjugate:
+                            value = np.conj(value)
+                        for r in range(m):
+                            dst[out + t, r] += value * src[inp + t, r]
 
 
-@njit(cache=True, nogil=True)
-def _chain_mat(values, patterns, offsets, x, out, adjoint, conjugate):
-    n_factors = patterns.shape[0]
-    m = x.shape[1]
-    size = max(x.shape[0], out.shape[0])
-    for f in range(n_factors):
-        size = max(size, patterns[f, 0] * patterns[f, 1] * patterns[f, 3])
-    buffers = np.empty((2, size, m), dtype=out.dtype)
-    src = x
-    for step in range(n_factors):
-        f = n_factors - 1 - step if not adjoint else step
-        a, b, c, d = patterns[f, 0], patterns[f, 1], patterns[f, 2], patterns[f, 3]
-        n_out = a * c * d if adjoint else a * b * d
-        dst = out if step == n_factors - 1 else buffers[step % 2, :n_out]
-        if adjoint:
-            _factor_mat_adjoint(values, offsets[f], a, b, c, d, src, dst, conjugate)
-        else:
-            _factor_mat(values, offsets[f], a, b, c, d, src, dst)
-        src = dst
+def _make_chain_driver(factor, factor_adjoint):
+    """The chain driver for one kind of operand (vector or block of vectors)."""
+
+    def apply_chain(values, patterns, offsets, x, out, adjoint, conjugate, middle,
+                    block_tasks, period_tasks):
+        """Apply the whole chain (or its adjoint/transpose) to ``x`` into ``out``.
+
+        Forward: factors are applied last to first; adjoint: first to last, each
+        transposed (and conjugated when ``conjugate``).
+
+        Two phases split at factor ``middle`` (``middle == 0``: one phase, one task).
+        In a chainable chain ``a`` can only grow and ``d`` only shrink from left to
+        right, so the factors ``middle..L-1`` are all block diagonal with
+        ``A = a[middle]`` independent blocks (contiguous row segments), and the
+        factors ``0..middle-1`` never mix rows of different residue modulo
+        ``D = d[middle-1]``.  A phase therefore runs all its factors on one slice per
+        task without synchronisation, which gives threads one barrier per product
+        instead of one per factor, and keeps each task's rows in cache across the
+        factors of its phase (``block_tasks``/``period_tasks`` slices of the ``A``
+        segments and ``D`` residues).
+        """
+        n_factors = patterns.shape[0]
+        size = max(x.shape[0], out.shape[0])
+        for f in range(n_factors):
+            size = max(size, patterns[f, 0] * patterns[f, 1] * patterns[f, 3])
+        buffers = np.empty((2, size) + x.shape[1:], dtype=out.dtype)
+        # Steps are numbered in application order; step s applies factor L-1-s
+        # (forward) or s (adjoint).  Forward runs the block-diagonal factors first.
+        n_phases = 2 if middle > 0 else 1
+        first_phase_steps = n_factors - middle if not adjoint else middle
+        for phase in range(n_phases):
+            if n_phases == 1:
+                first_step, last_step = 0, n_factors
+            elif phase == 0:
+                first_step, last_step = 0, first_phase_steps
+            else:
+                first_step, last_step = first_phase_steps, n_factors
+            block_phase = (phase == 0) != adjoint
+            n_tasks = 1 if n_phases == 1 else block_tasks if block_phase else period_tasks
+            for task in prange(n_tasks):
+                for step in range(first_step, last_step):
+                    f = n_factors - 1 - step if not adjoint else step
+                    a, b, c, d = patterns[f, 0], patterns[f, 1], patterns[f, 2], patterns[f, 3]
+                    i_first, i_last = 0, a
+                    period, lo, hi = d, 0, d
+                    if n_phases == 2:
+                        if block_phase:
+                            segments = patterns[middle, 0]
+                            per_segment = a // segments
+                            i_first = per_segment * (segments * task // n_tasks)
+                            i_last = per_segment * (segments * (task + 1) // n_tasks)
+                        else:
+                            period = patterns[middle - 1, 3]
+                            lo = period * task // n_tasks
+                            hi = period * (task + 1) // n_tasks
+                    src = x if step == 0 else buffers[(step - 1) % 2]
+                    dst = out if step == n_factors - 1 else buffers[step % 2]
+                    if adjoint:
+                        factor_adjoint(values, offsets[f], a, b, c, d, i_first, i_last,
+                                       period, lo, hi, src, dst, conjugate)
+                    else:
+                        factor(values, offsets[f], a, b, c, d, i_first, i_last,
+                               period, lo, hi, src, dst)
+
+    return apply_chain
 
 
-def _apply_chain_mat_py(values, patterns, offsets, x, out, adjoint, conjugate, n_chunks):
-    """Apply the chain to the columns of ``x`` (n_in, m) into ``out`` (n_out, m).
-
-    Columns are cut into ``n_chunks`` groups processed independently (in parallel in the
-    parallel build); each group is copied to a contiguous buffer so that every factor
-    pass streams through memory.
-    """
-    m = x.shape[1]
-    for chunk in prange(n_chunks):
-        first = chunk * m // n_chunks
-        last = (chunk + 1) * m // n_chunks
-        if n_chunks == 1:
-            _chain_mat(values, patterns, offsets, x, out, adjoint, conjugate)
-        else:
-            block_in = np.ascontiguousarray(x[:, first:last])
-            block_out = np.empty((out.shape[0], last - first), dtype=out.dtype)
-            _chain_mat(values, patterns, offsets, block_in, block_out, adjoint, conjugate)
-            out[:, first:last] = block_out
-
-
+_apply_chain_vec_py = _make_chain_driver(_factor_vec, _factor_vec_adjoint)
+_apply_chain_mat_py = _make_chain_driver(_factor_mat, _factor_mat_adjoint)
+apply_chain_vec_serial = njit(cache=True, nogil=True)(_apply_chain_vec_py)
+apply_chain_vec_parallel = njit(cache=True, nogil=True, parallel=True)(_apply_chain_vec_py)
 apply_chain_mat_serial = njit(cache=True, nogil=True)(_apply_chain_mat_py)
 apply_chain_mat_parallel = njit(cache=True, nogil=True, parallel=True)(_apply_chain_mat_py)

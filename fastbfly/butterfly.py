@@ -16,8 +16,6 @@ SUPPORTED_DTYPES = tuple(np.dtype(t) for t in (np.float32, np.float64, np.comple
 # Below this many multiply-adds a parallel region costs more than it saves on small
 # machines (thread wake-up is ~milliseconds with some threading layers).
 PARALLEL_MIN_WORK = 1 << 22
-# Right-hand sides per parallel task, so the innermost loop still vectorises.
-MIN_COLUMNS_PER_TASK = 8
 # Stored values from which one matrix-vector product is shared between threads.
 PARALLEL_MIN_NNZ_VEC = 1 << 15
 
@@ -361,25 +359,31 @@ class Butterfly:
         return cached
 
     def _run(self, values, x2, out, adjoint, conjugate, prefer_vec):
-        n_columns = x2.shape[1]
-        if n_columns == 1 and prefer_vec:
-            n_tasks = numba.get_num_threads()
-            if n_tasks > 1 and self.nnz >= PARALLEL_MIN_NNZ_VEC and self._middle_width >= 8 * n_tasks:
-                kernel = _kernels.apply_chain_vec_parallel
+        """Pick the kernel: one vector or many, serial or threaded, and the tasks."""
+        threads = numba.get_num_threads()
+        middle = self._middle
+        if x2.shape[1] == 1 and prefer_vec:
+            # One vector: threads share the product in two phases when the work pays
+            # for the barrier; otherwise one serial pass per factor.
+            if threads > 1 and self.nnz >= PARALLEL_MIN_NNZ_VEC and self._middle_width >= 8 * threads:
+                _kernels.apply_chain_vec_parallel(
+                    values, self._patterns, self._offsets, x2[:, 0], out[:, 0], adjoint,
+                    conjugate, middle, threads, threads,
+                )
             else:
-                kernel, n_tasks = _kernels.apply_chain_vec_serial, 1
-            kernel(values, self._patterns, self._offsets, x2[:, 0], out[:, 0], adjoint,
-                   conjugate, self._middle, n_tasks)
+                _kernels.apply_chain_vec_serial(
+                    values, self._patterns, self._offsets, x2[:, 0], out[:, 0], adjoint,
+                    conjugate, 0, 1, 1,
+                )
             return
-        n_tasks = min(numba.get_num_threads(), n_columns // MIN_COLUMNS_PER_TASK)
-        if n_tasks >= 2 and self.nnz * n_columns >= PARALLEL_MIN_WORK:
-            _kernels.apply_chain_mat_parallel(
-                values, self._patterns, self._offsets, x2, out, adjoint, conjugate, n_tasks
-            )
-        else:
-            _kernels.apply_chain_mat_serial(
-                values, self._patterns, self._offsets, x2, out, adjoint, conjugate, 1
-            )
+        # Many vectors: always the two phases, one task per row segment / residue so
+        # that a task's rows stay in cache through all factors of its phase.
+        block_tasks = int(self._patterns[middle, 0]) if middle else 1
+        period_tasks = int(self._patterns[middle - 1, 3]) if middle else 1
+        parallel = threads > 1 and self.nnz * x2.shape[1] >= PARALLEL_MIN_WORK
+        kernel = _kernels.apply_chain_mat_parallel if parallel else _kernels.apply_chain_mat_serial
+        kernel(values, self._patterns, self._offsets, x2, out, adjoint, conjugate, middle,
+               block_tasks, period_tasks)
 
 
 def _best_middle(patterns: np.ndarray) -> tuple[int, int]:
