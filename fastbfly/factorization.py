@@ -27,7 +27,8 @@ PANEL_BYTES = 1 << 25
 
 
 def factorize(matrix, *, chain=None, n_factors=None, rank=1, tree="balanced", perm=None,
-              row_perm=None, orthonormalize=True, pad=False, progress=None):
+              row_perm=None, orthonormalize=True, pad=False, memory_limit="auto",
+              progress=None):
     """Approximate a matrix by a product of butterfly (Kronecker-sparse) factors.
 
     Runs the hierarchical algorithm: split the chain of factors in two, solve that
@@ -77,8 +78,16 @@ def factorize(matrix, *, chain=None, n_factors=None, rank=1, tree="balanced", pe
         If no chain fits ``m × n`` (a large prime factor), zero-pad the matrix to the
         nearest sizes whose prime factors are at most 7 and factorize that; ``B`` keeps
         the shape ``(m, n)``.  Never done silently.
+    memory_limit : "auto", int or None, default "auto"
+        Before any work, the memory the factorization will allocate (copies of the
+        input, tree nodes, work panels) is estimated; above this many bytes a
+        `MemoryError` says how much is needed.  ``"auto"``: the memory available now
+        (``MemAvailable`` of ``/proc/meminfo``; no check where that is unknown).
+        ``None`` disables the check.
     progress : callable, optional
-        Called as ``progress(done, total)`` after every two-factor split.
+        Called as ``progress(done, total)`` after every two-factor split.  A
+        ``KeyboardInterrupt`` stops the factorization after the current split; the
+        input is never modified, so nothing is lost.
 
     Returns
     -------
@@ -115,15 +124,20 @@ def factorize(matrix, *, chain=None, n_factors=None, rank=1, tree="balanced", pe
     (6, 768)
     """
     started = time.perf_counter()
+    original = matrix
     matrix = _as_matrix(matrix)
     m, n = matrix.shape
     chain, padded = _resolve_chain(chain, matrix.shape, n_factors, rank, pad)
+    root = build_tree(tree, len(chain))
+    plan = _plan(chain, root, orthonormalize)
+    copies = (matrix is not original and not np.shares_memory(matrix, np.asarray(original)))
+    copies += padded != (m, n)
+    copies += row_perm is not None
+    _check_memory(plan, matrix.dtype, padded, copies, memory_limit)
     if padded != (m, n):
         grown = np.zeros(padded, dtype=matrix.dtype)
         grown[:m, :n] = matrix
         matrix = grown
-    root = build_tree(tree, len(chain))
-    plan = _plan(chain, root, orthonormalize)
     column_candidates = _perm_candidates(perm, n, padded[1], "perm")
     row_candidates = _perm_candidates(row_perm, m, padded[0], "row_perm")
 
@@ -373,6 +387,50 @@ def _hierarchical(matrix, chain: Chain, root: Node, plan: dict, perm, orthonorma
     norm2 = state["norm2"]
     error = math.sqrt(state["residual2"] / norm2) if norm2 > 0 else 0.0
     return [Factor(p, v) for p, v in zip(chain, values)], error
+
+
+def estimate_memory(plan: dict, dtype, shape, input_copies: int) -> int:
+    """Bytes a factorization allocates at most besides the caller's matrix: the input
+    copies (dtype conversion, padding, row permutation), every tree node's values (all
+    may be alive at once at the deepest point of the recursion, an upper bound), and
+    the per-thread work panels of the root split."""
+    itemsize = np.dtype(dtype).itemsize
+    nodes = sum(split.left.nnz + split.right.nnz for split in plan.values())
+    panels = numba.get_num_threads() * PANEL_BYTES
+    return int(input_copies * shape[0] * shape[1] * itemsize + nodes * itemsize + panels)
+
+
+def _available_memory():
+    try:
+        with open("/proc/meminfo") as file:
+            for line in file:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def _check_memory(plan, dtype, shape, input_copies, memory_limit):
+    if memory_limit is None:
+        return
+    label = repr(memory_limit)
+    if isinstance(memory_limit, str):
+        if memory_limit != "auto":
+            raise ValueError(f"memory_limit must be 'auto', a number of bytes or None, got {memory_limit!r}")
+        memory_limit = _available_memory()
+        if memory_limit is None:
+            return
+    elif isinstance(memory_limit, bool) or not isinstance(memory_limit, (int, np.integer)):
+        raise TypeError(f"memory_limit must be 'auto', a number of bytes or None, got {memory_limit!r}")
+    needed = estimate_memory(plan, dtype, shape, input_copies)
+    if needed > memory_limit:
+        raise MemoryError(
+            f"factorizing a {shape[0]} x {shape[1]} {np.dtype(dtype)} matrix needs about "
+            f"{needed / 2**30:.2f} GiB besides the input, but the limit is "
+            f"{memory_limit / 2**30:.2f} GiB (memory_limit={label}); "
+            f"free memory, or pass memory_limit=None to try anyway"
+        )
 
 
 def _identity(n: int) -> np.ndarray:
