@@ -7,10 +7,12 @@ apply the result in ``O(n log n)`` with Numba kernels, as a scipy ``LinearOperat
 
 from .butterfly import Butterfly, Factor
 from .factorization import factorize
+from .interop import from_lazylinop, to_lazylinop, to_scipy_sparse
 from .io import load, save
 from .operator import ButterflyOperator
 from .patterns import Chain, Pattern, fuse
-from .permutations import bit_reversal_permutation
+from .permutations import bit_reversal_permutation, dao_permutations
+from .report import CompressionReport, compression_report
 from .transforms import dft_butterfly, hadamard_butterfly
 from .trees import build_tree
 
@@ -20,14 +22,20 @@ __all__ = [
     "Butterfly",
     "ButterflyOperator",
     "Chain",
+    "CompressionReport",
     "Factor",
     "Pattern",
     "bit_reversal_permutation",
     "build_tree",
+    "compression_report",
+    "dao_permutations",
     "dft_butterfly",
     "factorize",
+    "from_lazylinop",
     "fuse",
     "hadamard_butterfly",
     "load",
     "save",
+    "to_lazylinop",
+    "to_scipy_sparse",
 ]

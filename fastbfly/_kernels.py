@@ -31,6 +31,12 @@ RESIDUAL_TOL = 1e-9
 # ... or after this many steps (only nearly degenerate top singular values get there,
 # and then any vector of the top singular subspace is nearly optimal).
 MAX_POWER_STEPS = 500
+# Below this fraction of ‖M‖², ‖M‖² − σ² has lost most digits to cancellation and the
+# block's residual is recomputed directly.
+CANCELLATION = 1e-4
+# Sentinel exponents returned by `_gather_scale`.
+EMPTY = -(1 << 30)
+NOT_FINITE = 1 << 30
 
 
 # --------------------------------------------------------------------------------------
@@ -70,6 +76,60 @@ def _adjoint_times(M, rows, cols, u, w):
     for k in range(cols):
         norm2 += _abs2(w[k])
     return norm2
+
+
+@njit(cache=True, nogil=True)
+def _gather_scale(M, rows, cols):
+    """Scale the block by a power of two so its largest entry is in [0.5, 1) (exact;
+    squares and Gram entries can then neither overflow nor underflow, whatever the
+    dtype).  Returns the exponent ``e`` (``M_original = 2**e · M``), or a sentinel:
+    ``EMPTY`` for an all-zero block, ``NOT_FINITE`` if it holds NaN or Inf."""
+    biggest = 0.0
+    finite = 0.0
+    for j in range(rows):
+        for k in range(cols):
+            value = M[j, k]
+            magnitude = max(abs(value.real), abs(value.imag))
+            finite += abs(value.real) + abs(value.imag)  # NaN and Inf propagate here
+            if magnitude > biggest:
+                biggest = magnitude
+    if not finite < np.inf:
+        return NOT_FINITE
+    if biggest == 0.0:
+        return EMPTY
+    exponent = math.frexp(biggest)[1]
+    # Two steps, so that 2**-exponent itself never overflows (subnormal blocks).
+    half = -exponent // 2
+    first = math.ldexp(1.0, half)
+    second = math.ldexp(1.0, -exponent - half)
+    for j in range(rows):
+        for k in range(cols):
+            M[j, k] = (M[j, k] * first) * second
+    return exponent
+
+
+@njit(cache=True, nogil=True)
+def _accumulate(total_norm2, total_residual2, total_exponent, norm2, residual2, exponent):
+    """Add a block's ``(norm2, residual2)``, in units of ``4**exponent``, to running sums
+    kept in units of ``4**total_exponent``: no overflow for entries near 1e308."""
+    if total_norm2 == 0.0 or exponent > total_exponent:
+        shift = 2 * (total_exponent - exponent)
+        return (norm2 + math.ldexp(total_norm2, shift),
+                residual2 + math.ldexp(total_residual2, shift), exponent)
+    shift = 2 * (exponent - total_exponent)
+    return (total_norm2 + math.ldexp(norm2, shift),
+            total_residual2 + math.ldexp(residual2, shift), total_exponent)
+
+
+@njit(cache=True, nogil=True)
+def _residual2(M, rows, cols, u, w):
+    """``‖M − u wᴴ‖²`` computed directly (accurate when it is tiny, unlike
+    ``‖M‖² − ‖w‖²``)."""
+    total = 0.0
+    for j in range(rows):
+        for k in range(cols):
+            total += _abs2(M[j, k] - u[j] * np.conj(w[k]))
+    return total
 
 
 @njit(cache=True, nogil=True)
@@ -118,7 +178,7 @@ def _top_left_vector_2(M, rows, cols, u, v):
 def _top_left_vector(M, rows, cols, row_norm2, norm2, u, v, w, tol):
     """Unit top left singular vector ``u`` of a nonzero block ``M`` (rows × cols).
 
-    Closed form when a side is 1 or 2.  Otherwise power iteration on ``M Mᴴ``, started
+    Closed form when a side is 1 or 2 (``_top_left_vector_2``).  Otherwise power iteration on ``M Mᴴ``, started
     from the largest row, which is exact in one step for a rank-one block.  The error of
     the rank-one approximation ``u (Mᴴu)ᴴ`` is ``‖M‖² − σ²`` with ``σ² = ‖Mᴴu‖²``, so
     only ``σ²`` has to converge, and only as far as that error can tell: the iteration
@@ -130,7 +190,12 @@ def _top_left_vector(M, rows, cols, row_norm2, norm2, u, v, w, tol):
     if rows == 1:
         u[0] = 1.0
         return
-    if min(rows, cols) <= 2:
+    if cols == 1:  # u = M[:, 0] / ‖M[:, 0]‖
+        inv = 1.0 / math.sqrt(norm2)
+        for j in range(rows):
+            u[j] = M[j, 0] * inv
+        return
+    if min(rows, cols) == 2:
         _top_left_vector_2(M, rows, cols, u, v)
         return
     best_row = 0
@@ -162,8 +227,8 @@ def _top_left_vector(M, rows, cols, row_norm2, norm2, u, v, w, tol):
             v[k] = w[k] * inv
 
 
-def _split_rank_one_py(node, columns, b1, c1, batch, left, right, sigma_power, tol,
-                       n_chunks, chunk_norm2, chunk_residual2, chunk_bad):
+def _split_rank_one_py(node, columns, b1, c1, batch, left, right, sigma_power, tol, work,
+                       n_chunks, chunk_norm2, chunk_residual2, chunk_exponent, chunk_bad):
     """Best rank-one approximation of every independent block of a two-factor split.
 
     Parameters
@@ -186,11 +251,16 @@ def _split_rank_one_py(node, columns, b1, c1, batch, left, right, sigma_power, t
         ``σ**(1-sigma_power) · vᴴ``: 1 pushes the scale into the left child (with
         orthonormalisation, which solves the left child next), 0.5 splits it evenly.
     tol : float
-        Relative tolerance of the iterative top singular pair (a few ``eps``).
+        Relative tolerance of the iterative top singular pair (a few ``eps`` of
+        ``work``'s dtype).
+    work : (1,) array
+        Its dtype (float64 or complex128) is the precision of the singular vectors, so
+        float32 data gets float64 iterations.
     n_chunks : int
         Work is cut into this many contiguous chunks (one parallel task each).
-    chunk_norm2, chunk_residual2 : (n_chunks,) float64 arrays
-        Outputs: per chunk, the sums of ``‖M‖²`` and of ``‖M − σ u vᴴ‖²`` over blocks.
+    chunk_norm2, chunk_residual2, chunk_exponent : (n_chunks,) arrays
+        Outputs: per chunk, the sums of ``‖M‖²`` and of ``‖M − σ u vᴴ‖²`` over blocks,
+        in units of ``4**chunk_exponent`` (so that huge entries cannot overflow them).
     chunk_bad : (n_chunks,) int64 array
         Output: per chunk, the number of blocks holding NaN or Inf.
 
@@ -215,11 +285,12 @@ def _split_rank_one_py(node, columns, b1, c1, batch, left, right, sigma_power, t
     for chunk in prange(n_chunks):
         panel = np.empty((batch, b1, c2), dtype=node.dtype)
         row_norm2 = np.empty(b1)
-        u = np.empty(b1, dtype=node.dtype)
-        v = np.empty(c2, dtype=node.dtype)
-        w = np.empty(c2, dtype=node.dtype)
+        u = np.empty(b1, dtype=work.dtype)
+        v = np.empty(c2, dtype=work.dtype)
+        w = np.empty(c2, dtype=work.dtype)
         norm2_sum = 0.0
         residual2_sum = 0.0
+        exponent_sum = 0
         bad = 0
         for task in range(chunk * n_tasks // n_chunks, (chunk + 1) * n_tasks // n_chunks):
             k1_first = (task % n_batches) * batch
@@ -237,30 +308,14 @@ def _split_rank_one_py(node, columns, b1, c1, batch, left, right, sigma_power, t
             for kk in range(k1_count):
                 k1 = k1_first + kk
                 M = panel[kk]
-                # Largest magnitude (NaN sticks once seen) and row norms.
-                biggest = 0.0
-                for j1 in range(b1):
-                    for k2 in range(c2):
-                        value = M[j1, k2]
-                        magnitude = max(abs(value.real), abs(value.imag))
-                        if magnitude > biggest or magnitude != magnitude:
-                            biggest = magnitude
-                if not biggest < np.inf:  # NaN or Inf: reported by the caller
-                    bad += 1
-                    biggest = 0.0
-                if biggest == 0.0:
+                exponent = _gather_scale(M, b1, c2)
+                if exponent == NOT_FINITE or exponent == EMPTY:
+                    bad += exponent == NOT_FINITE  # reported by the caller
                     for j1 in range(b1):
                         left[i, j1, k1, j2 * d + t] = 0.0
                     for k2 in range(c2):
                         right[i * c1 + k1, j2, k2, t] = 0.0
                     continue
-                scale = 1.0
-                exponent = math.frexp(biggest)[1]
-                if exponent > SCALE_EXPONENT or exponent < -SCALE_EXPONENT:
-                    scale = math.ldexp(1.0, exponent)
-                    for j1 in range(b1):
-                        for k2 in range(c2):
-                            M[j1, k2] = math.ldexp(1.0, -exponent) * M[j1, k2]
                 norm2 = 0.0
                 for j1 in range(b1):
                     acc = 0.0
@@ -270,27 +325,28 @@ def _split_rank_one_py(node, columns, b1, c1, batch, left, right, sigma_power, t
                     norm2 += acc
                 _top_left_vector(M, b1, c2, row_norm2, norm2, u, v, w, tol)
                 sigma2 = _adjoint_times(M, b1, c2, u, w)
-                norm2_sum += norm2 * scale * scale
-                residual2_sum += max(norm2 - sigma2, 0.0) * scale * scale
-                if sigma2 == 0.0:
-                    left_scale = 0.0
-                    right_scale = 0.0
-                else:
-                    true_sigma = math.sqrt(sigma2) * scale
-                    left_scale = true_sigma ** sigma_power
-                    # right = (w/σ)ᴴ · σ**(1-p); w is still in the scaled units
-                    right_scale = (scale / true_sigma) * true_sigma ** (1.0 - sigma_power)
+                residual2 = max(norm2 - sigma2, 0.0)
+                if residual2 < CANCELLATION * norm2:
+                    residual2 = _residual2(M, b1, c2, u, w)
+                norm2_sum, residual2_sum, exponent_sum = _accumulate(
+                    norm2_sum, residual2_sum, exponent_sum, norm2, residual2, exponent)
+                # left = σ**p u and right = σ**(1-p) vᴴ with σ = 2**exponent ‖w‖ and
+                # vᴴ = wᴴ/‖w‖ (w is in the block's scaled units).
+                sigma = math.sqrt(sigma2)
+                left_scale = math.ldexp(sigma, exponent) ** sigma_power
+                right_scale = math.ldexp(sigma, exponent) ** (1.0 - sigma_power) / sigma
                 for j1 in range(b1):
                     left[i, j1, k1, j2 * d + t] = u[j1] * left_scale
                 for k2 in range(c2):
                     right[i * c1 + k1, j2, k2, t] = np.conj(w[k2]) * right_scale
         chunk_norm2[chunk] = norm2_sum
         chunk_residual2[chunk] = residual2_sum
+        chunk_exponent[chunk] = exponent_sum
         chunk_bad[chunk] = bad
 
 
 def _split_rank_r_py(node, columns, b1, c1, rank, left, right, sigma_power,
-                     n_chunks, chunk_norm2, chunk_residual2, chunk_bad):
+                     n_chunks, chunk_norm2, chunk_residual2, chunk_exponent, chunk_bad):
     """Best rank-``rank`` approximation of every block of a two-factor split.
 
     Same blocks and arguments as `_split_rank_one_py`, with a rank ``r``:
@@ -308,44 +364,38 @@ def _split_rank_r_py(node, columns, b1, c1, rank, left, right, sigma_power,
         M = np.empty((b1, c2), dtype=node.dtype)
         norm2_sum = 0.0
         residual2_sum = 0.0
+        exponent_sum = 0
         bad = 0
         for block in range(chunk * n_blocks // n_chunks, (chunk + 1) * n_blocks // n_chunks):
             k1 = block % c1
             t = (block // c1) % d
             j2 = (block // (c1 * d)) % b2
             i = block // (c1 * d * b2)
-            biggest = 0.0
             for j1 in range(b1):
                 row = j1 * b2 + j2
                 for k2 in range(c2):
-                    value = node[i, row, columns[k1 * c2 + k2], t]
-                    M[j1, k2] = value
-                    magnitude = max(abs(value.real), abs(value.imag))
-                    if magnitude > biggest or magnitude != magnitude:
-                        biggest = magnitude
-            if not biggest < np.inf:
-                bad += 1
-                biggest = 0.0
-            if biggest == 0.0:
+                    M[j1, k2] = node[i, row, columns[k1 * c2 + k2], t]
+            exponent = _gather_scale(M, b1, c2)
+            if exponent == NOT_FINITE or exponent == EMPTY:
+                bad += exponent == NOT_FINITE
                 for rho in range(rank):
                     for j1 in range(b1):
                         left[i, j1, k1 * rank + rho, j2 * d + t] = 0.0
                     for k2 in range(c2):
                         right[i * c1 + k1, rho * b2 + j2, k2, t] = 0.0
                 continue
-            exponent = math.frexp(biggest)[1]
-            scale = math.ldexp(1.0, exponent)
-            for j1 in range(b1):
-                for k2 in range(c2):
-                    M[j1, k2] = math.ldexp(1.0, -exponent) * M[j1, k2]
             U, s, Vh = np.linalg.svd(M, full_matrices=False)
+            norm2 = 0.0
+            residual2 = 0.0
             for rho in range(s.shape[0]):
-                sigma2 = float(s[rho]) ** 2 * scale * scale
-                norm2_sum += sigma2
-                if rho >= rank:
-                    residual2_sum += sigma2
+                sigma2 = float(s[rho]) ** 2
+                norm2 += sigma2
+                if rho >= rank:  # the trailing singular values are the residual
+                    residual2 += sigma2
+            norm2_sum, residual2_sum, exponent_sum = _accumulate(
+                norm2_sum, residual2_sum, exponent_sum, norm2, residual2, exponent)
             for rho in range(rank):  # rank <= min(b1, C2), checked by the caller
-                true_sigma = float(s[rho]) * scale
+                true_sigma = math.ldexp(float(s[rho]), exponent)
                 left_scale = true_sigma ** sigma_power
                 right_scale = true_sigma ** (1.0 - sigma_power)
                 for j1 in range(b1):
@@ -354,6 +404,7 @@ def _split_rank_r_py(node, columns, b1, c1, rank, left, right, sigma_power,
                     right[i * c1 + k1, rho * b2 + j2, k2, t] = Vh[rho, k2] * right_scale
         chunk_norm2[chunk] = norm2_sum
         chunk_residual2[chunk] = residual2_sum
+        chunk_exponent[chunk] = exponent_sum
         chunk_bad[chunk] = bad
 
 
@@ -542,7 +593,7 @@ def _make_chain_driver(factor, factor_adjoint):
     """The chain driver for one kind of operand (vector or block of vectors)."""
 
     def apply_chain(values, patterns, offsets, x, out, adjoint, conjugate, middle,
-                    block_tasks, period_tasks):
+                    right_blocks, segments, period, block_tasks, period_tasks):
         """Apply the whole chain (or its adjoint/transpose) to ``x`` into ``out``.
 
         Forward: factors are applied last to first; adjoint: first to last, each
@@ -551,13 +602,15 @@ def _make_chain_driver(factor, factor_adjoint):
         Two phases split at factor ``middle`` (``middle == 0``: one phase, one task).
         In a chainable chain ``a`` can only grow and ``d`` only shrink from left to
         right, so the factors ``middle..L-1`` are all block diagonal with
-        ``A = a[middle]`` independent blocks (contiguous row segments), and the
+        ``segments = a[middle]`` independent blocks (contiguous row segments), and the
         factors ``0..middle-1`` never mix rows of different residue modulo
-        ``D = d[middle-1]``.  A phase therefore runs all its factors on one slice per
-        task without synchronisation, which gives threads one barrier per product
-        instead of one per factor, and keeps each task's rows in cache across the
-        factors of its phase (``block_tasks``/``period_tasks`` slices of the ``A``
-        segments and ``D`` residues).
+        ``period = d[middle-1]`` (``right_blocks`` is True).  The adjoint of a
+        chainable chain is the mirror image (``right_blocks`` False: the factors
+        ``0..middle-1`` are the block-diagonal ones).  A phase therefore runs all its
+        factors on one slice per task without synchronisation, which gives threads one
+        barrier per product instead of one per factor, and keeps each task's rows in
+        cache across the factors of its phase (``block_tasks``/``period_tasks``
+        slices of the segments and residues).
         """
         n_factors = patterns.shape[0]
         size = max(x.shape[0], out.shape[0])
@@ -575,32 +628,32 @@ def _make_chain_driver(factor, factor_adjoint):
                 first_step, last_step = 0, first_phase_steps
             else:
                 first_step, last_step = first_phase_steps, n_factors
-            block_phase = (phase == 0) != adjoint
+            # phase 0 covers the factors right of middle when applying forward
+            block_phase = ((phase == 0) != adjoint) == right_blocks
             n_tasks = 1 if n_phases == 1 else block_tasks if block_phase else period_tasks
             for task in prange(n_tasks):
                 for step in range(first_step, last_step):
                     f = n_factors - 1 - step if not adjoint else step
                     a, b, c, d = patterns[f, 0], patterns[f, 1], patterns[f, 2], patterns[f, 3]
                     i_first, i_last = 0, a
-                    period, lo, hi = d, 0, d
+                    t_period, lo, hi = d, 0, d
                     if n_phases == 2:
                         if block_phase:
-                            segments = patterns[middle, 0]
                             per_segment = a // segments
                             i_first = per_segment * (segments * task // n_tasks)
                             i_last = per_segment * (segments * (task + 1) // n_tasks)
                         else:
-                            period = patterns[middle - 1, 3]
+                            t_period = period
                             lo = period * task // n_tasks
                             hi = period * (task + 1) // n_tasks
                     src = x if step == 0 else buffers[(step - 1) % 2]
                     dst = out if step == n_factors - 1 else buffers[step % 2]
                     if adjoint:
                         factor_adjoint(values, offsets[f], a, b, c, d, i_first, i_last,
-                                       period, lo, hi, src, dst, conjugate)
+                                       t_period, lo, hi, src, dst, conjugate)
                     else:
                         factor(values, offsets[f], a, b, c, d, i_first, i_last,
-                               period, lo, hi, src, dst)
+                               t_period, lo, hi, src, dst)
 
     return apply_chain
 

@@ -164,7 +164,7 @@ class Butterfly:
             view[...] = factor.values
             self.factors.append(Factor(factor.pattern, view))
         self._patterns = np.array([tuple(f.pattern) for f in factors], dtype=np.int64)
-        self._middle, self._middle_width = _best_middle(self._patterns)
+        self._middle, self._segments, self._period = _best_middle(self._patterns, self.chain.reversed)
         m, n = self.chain.shape
         if shape is None:
             shape = (m, n)
@@ -361,38 +361,63 @@ class Butterfly:
     def _run(self, values, x2, out, adjoint, conjugate, prefer_vec):
         """Pick the kernel: one vector or many, serial or threaded, and the tasks."""
         threads = numba.get_num_threads()
-        middle = self._middle
+        layout = (self._middle, not self.chain.reversed, self._segments, self._period)
         if x2.shape[1] == 1 and prefer_vec:
             # One vector: threads share the product in two phases when the work pays
             # for the barrier; otherwise one serial pass per factor.
-            if threads > 1 and self.nnz >= PARALLEL_MIN_NNZ_VEC and self._middle_width >= 8 * threads:
+            width = min(self._segments, self._period)
+            if threads > 1 and self.nnz >= PARALLEL_MIN_NNZ_VEC and width >= 8 * threads:
                 _kernels.apply_chain_vec_parallel(
                     values, self._patterns, self._offsets, x2[:, 0], out[:, 0], adjoint,
-                    conjugate, middle, threads, threads,
+                    conjugate, *layout, threads, threads,
                 )
             else:
                 _kernels.apply_chain_vec_serial(
                     values, self._patterns, self._offsets, x2[:, 0], out[:, 0], adjoint,
-                    conjugate, 0, 1, 1,
+                    conjugate, 0, True, 1, 1, 1, 1,
                 )
             return
         # Many vectors: always the two phases, one task per row segment / residue so
         # that a task's rows stay in cache through all factors of its phase.
-        block_tasks = int(self._patterns[middle, 0]) if middle else 1
-        period_tasks = int(self._patterns[middle - 1, 3]) if middle else 1
         parallel = threads > 1 and self.nnz * x2.shape[1] >= PARALLEL_MIN_WORK
         kernel = _kernels.apply_chain_mat_parallel if parallel else _kernels.apply_chain_mat_serial
-        kernel(values, self._patterns, self._offsets, x2, out, adjoint, conjugate, middle,
-               block_tasks, period_tasks)
+        kernel(values, self._patterns, self._offsets, x2, out, adjoint, conjugate, *layout,
+               self._segments, self._period)
 
 
-def _best_middle(patterns: np.ndarray) -> tuple[int, int]:
-    """Split point for sharing one product between threads (see
-    ``_kernels._apply_chain_vec_py``): the factor ``m`` maximising the smaller of the
-    number of independent segments ``a[m]`` and the period ``d[m-1]``."""
-    best, width = 0, 0
+def _best_middle(patterns: np.ndarray, reversed_chain: bool) -> tuple[int, int, int]:
+    """Where to split a chain for the two-phase products (see
+    ``_kernels._make_chain_driver``): the factor ``m`` maximising the smaller of the
+    number of independent row segments and the residue period, and those two numbers.
+    ``(0, 1, 1)`` (one phase) for a single factor or when no split is safe."""
+    best = (0, 1, 1)
     for m in range(1, len(patterns)):
-        candidate = min(patterns[m, 0], patterns[m - 1, 3])
-        if candidate > width:
-            best, width = m, int(candidate)
-    return best, width
+        segments, period = phase_layout(patterns, m, reversed_chain)
+        if phase_split_is_safe(patterns, m, reversed_chain) and min(segments, period) > min(best[1:]):
+            best = (m, segments, period)
+    return best
+
+
+def phase_layout(patterns: np.ndarray, middle: int, reversed_chain: bool) -> tuple[int, int]:
+    """Number of independent row segments of the block-diagonal factors and residue
+    period of the others, for a split at ``middle``."""
+    if reversed_chain:  # adjoint of a chainable chain: the mirror image
+        return int(patterns[middle - 1, 0]), int(patterns[middle, 3])
+    return int(patterns[middle, 0]), int(patterns[middle - 1, 3])
+
+
+def phase_split_is_safe(patterns: np.ndarray, middle: int, reversed_chain: bool) -> bool:
+    """True if every intermediate vector of the block-diagonal phase has the same
+    length (the outer dimension, read from or written to the caller's arrays,
+    excepted): each task then owns the same rows of the work buffers at every step, so
+    steps that reuse a buffer cannot overwrite another task's rows."""
+    rows = patterns[:, 0] * patterns[:, 1] * patterns[:, 3]
+    cols = patterns[:, 0] * patterns[:, 2] * patterns[:, 3]
+    last = len(patterns) - 1
+    if reversed_chain:
+        group = range(0, middle)
+        sizes = {int(cols[f]) for f in group} | {int(rows[f]) for f in group if f > 0}
+    else:
+        group = range(middle, last + 1)
+        sizes = {int(rows[f]) for f in group} | {int(cols[f]) for f in group if f < last}
+    return len(sizes) == 1

@@ -92,10 +92,15 @@ def factorize(matrix, *, chain=None, n_factors=None, rank=1, tree="balanced", pe
     Returns
     -------
     Butterfly
-        ``B.info`` holds ``"relative_error"`` (``‖matrix - B‖_F / ‖matrix‖_F`` from the
-        sum of the block residuals: exact in exact arithmetic when ``orthonormalize`` is
-        on, otherwise an estimate), ``"tree"``, ``"perm_errors"``, ``"padded_shape"``
-        and ``"seconds"``.
+        ``B.info`` holds ``"relative_error"``: the root-sum-square of the relative
+        errors of all two-factor splits.  With ``orthonormalize`` on and the
+        ``"left-to-right"`` or ``"right-to-left"`` tree every split's error adds
+        orthogonally, so it equals ``‖matrix - B‖_F / ‖matrix‖_F`` (to rounding); for
+        other trees it is an estimate (within a few percent in our tests), and
+        :func:`fastbfly.certify` computes the actual error.  Also ``"tree"``,
+        ``"perm"``/``"row_perm"`` (labels of the chosen permutations),
+        ``"candidates"`` (every permutation tried, with its error),
+        ``"padded_shape"`` and ``"seconds"``.
 
     Raises
     ------
@@ -196,6 +201,11 @@ def _resolve_chain(chain, shape, n_factors, rank, pad):
         if n_factors is not None or rank != 1:
             raise ValueError("give either chain or n_factors/rank, not both")
         chain = chain if isinstance(chain, Chain) else Chain(chain)
+        if chain.reversed:
+            raise ValueError(
+                f"{chain!r} is the transpose of a chainable chain; factorize matrix.T on "
+                f"Chain([p.adjoint for p in reversed(chain)]) instead"
+            )
         if chain.shape != shape:
             raise ValueError(f"chain of shape {chain.shape} does not match the matrix shape {shape}")
         return chain, shape
@@ -342,9 +352,9 @@ def _hierarchical(matrix, chain: Chain, root: Node, plan: dict, perm, orthonorma
     """
     m, n = matrix.shape
     values = [None] * len(chain)  # final 4-D values of each factor, once known
-    state = {"normalized": 0, "residual2": 0.0, "splits": 0, "norm2": None}
+    # squared norms in units of 4**exponent, as (value, exponent) pairs
+    state = {"normalized": 0, "residuals": [], "splits": 0, "norm2": None}
     sigma_power = 1.0 if orthonormalize else 0.5
-    tol = 8.0 * np.finfo(matrix.dtype).eps
 
     def normalize_left_of(node_values, start):
         # Make X_1 ⋯ X_{start-1} column-orthonormal block by block by orthonormalizing
@@ -365,12 +375,12 @@ def _hierarchical(matrix, chain: Chain, root: Node, plan: dict, perm, orthonorma
         split = plan[(node.start, node.stop)]
         left = np.empty(tuple(split.left), dtype=matrix.dtype)
         right = np.empty(tuple(split.right), dtype=matrix.dtype)
-        norm2, residual2, bad = _split(node_values, columns, split, left, right, sigma_power, tol)
+        norm2, residual2, exponent, bad = _split(node_values, columns, split, left, right, sigma_power)
         if state["norm2"] is None:
-            state["norm2"] = norm2
+            state["norm2"] = (norm2, exponent)
             if bad:
                 _raise_not_finite(matrix)
-        state["residual2"] += residual2
+        state["residuals"].append((residual2, exponent))
         state["splits"] += 1
         if progress is not None:
             progress(state["splits"], len(plan))
@@ -384,8 +394,9 @@ def _hierarchical(matrix, chain: Chain, root: Node, plan: dict, perm, orthonorma
         leaf = np.ascontiguousarray(matrix[:, columns]).reshape(tuple(chain[0]))
         return [Factor(chain[0], leaf)], 0.0
     solve(matrix.reshape(1, m, n, 1), root, columns)
-    norm2 = state["norm2"]
-    error = math.sqrt(state["residual2"] / norm2) if norm2 > 0 else 0.0
+    norm2, norm_exponent = state["norm2"]
+    relative2 = sum(math.ldexp(r, 2 * (e - norm_exponent)) for r, e in state["residuals"])
+    error = math.sqrt(relative2 / norm2) if norm2 > 0 else 0.0
     return [Factor(p, v) for p, v in zip(chain, values)], error
 
 
@@ -437,8 +448,12 @@ def _identity(n: int) -> np.ndarray:
     return np.arange(n, dtype=np.int64)
 
 
-def _split(node_values, columns, split: _Split, left, right, sigma_power, tol):
-    """Run a block kernel on one node; return (‖node‖², residual², blocks with NaN/Inf)."""
+def _split(node_values, columns, split: _Split, left, right, sigma_power):
+    """Run a block kernel on one node.
+
+    Returns ``(norm2, residual2, exponent, bad)``: ``‖node‖²`` and the squared residual
+    in units of ``4**exponent``, and the number of blocks holding NaN or Inf.
+    """
     a, big_b, _, d = node_values.shape
     b1, c1, c2 = split.b1, split.c1, split.c2
     threads = numba.get_num_threads()
@@ -447,17 +462,24 @@ def _split(node_values, columns, split: _Split, left, right, sigma_power, tol):
         args = (node_values, columns, b1, c1, split.rank, left, right, sigma_power, n_chunks)
         kernel = _kernels.split_rank_r_serial
     else:
+        # Singular vectors in double precision whatever the data's precision.
+        work = np.zeros(1, dtype=np.complex128 if node_values.dtype.kind == "c" else np.float64)
+        tol = 8.0 * np.finfo(np.float64).eps
         batch = max(1, min(c1, PANEL_BYTES // (b1 * c2 * node_values.itemsize)))
         n_tasks = a * (big_b // b1) * d * -(-c1 // batch)
         parallel = node_values.size >= PARALLEL_MIN_NODE_SIZE and threads > 1
         n_chunks = min(n_tasks, CHUNKS_PER_THREAD * threads) if parallel else 1
         kernel = _kernels.split_rank_one_parallel if parallel else _kernels.split_rank_one_serial
-        args = (node_values, columns, b1, c1, batch, left, right, sigma_power, tol, n_chunks)
+        args = (node_values, columns, b1, c1, batch, left, right, sigma_power, tol, work, n_chunks)
     norm2 = np.zeros(n_chunks)
     residual2 = np.zeros(n_chunks)
+    exponent = np.zeros(n_chunks, dtype=np.int64)
     bad = np.zeros(n_chunks, dtype=np.int64)
-    kernel(*args, norm2, residual2, bad)
-    return float(norm2.sum()), float(residual2.sum()), int(bad.sum())
+    kernel(*args, norm2, residual2, exponent, bad)
+    top = int(exponent[norm2 > 0].max()) if np.any(norm2 > 0) else 0
+    shifts = 2 * (exponent - top)
+    return (float(np.ldexp(norm2, shifts).sum()), float(np.ldexp(residual2, shifts).sum()),
+            top, int(bad.sum()))
 
 
 def _push_column_frames(factor_values: np.ndarray, target: np.ndarray, rank: int) -> None:
@@ -513,9 +535,8 @@ def split_errors(matrix, chain: Chain, perm=None) -> np.ndarray:
         split = _plan(chain, node, orthonormalize=False)[(0, len(chain))]
         left = np.empty(tuple(split.left), dtype=matrix.dtype)
         right = np.empty(tuple(split.right), dtype=matrix.dtype)
-        tol = 8.0 * np.finfo(matrix.dtype).eps
-        norm2, residual2, bad = _split(matrix.reshape(1, m, n, 1), columns, split, left, right, 0.5, tol)
+        _, residual2, exponent, bad = _split(matrix.reshape(1, m, n, 1), columns, split, left, right, 0.5)
         if bad:
             _raise_not_finite(matrix)
-        errors[split_at - 1] = math.sqrt(residual2)
+        errors[split_at - 1] = math.ldexp(math.sqrt(residual2), exponent)
     return errors

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import tempfile
-import zipfile
 
 import numpy as np
 
@@ -77,12 +76,18 @@ def load(path) -> Butterfly:
         corrupted, or its patterns, values and permutations do not agree.
     """
     try:
-        with np.load(os.fspath(path), allow_pickle=False) as data:
+        data = np.load(os.fspath(path), allow_pickle=False)
+    except (FileNotFoundError, IsADirectoryError, PermissionError):
+        raise
+    except Exception as error:  # any parse failure of a foreign or damaged file
+        raise ValueError(f"{path!s} is not a readable fastbfly file: {error!r}") from None
+    if not isinstance(data, np.lib.npyio.NpzFile):
+        raise ValueError(f"{path!s} is not a fastbfly file: a plain .npy array, not an .npz archive")
+    try:
+        with data:
             arrays = {key: data[key] for key in data.files}
-    except (OSError, ValueError, EOFError, zipfile.BadZipFile, KeyError) as error:
-        if isinstance(error, FileNotFoundError):
-            raise
-        raise ValueError(f"{path!s} is not a readable fastbfly file: {error}") from None
+    except Exception as error:  # truncated or corrupted members (zlib, zip, format errors)
+        raise ValueError(f"{path!s} is not a readable fastbfly file: {error!r}") from None
     for key in ("format", "version", "patterns", "values"):
         if key not in arrays:
             raise ValueError(f"{path!s} is not a fastbfly file: missing {key!r}")

@@ -123,6 +123,9 @@ class Chain:
     integer.  Chainable chains are exactly those the hierarchical algorithm factorizes
     with guarantees.
 
+    The transpose of a chainable product is accepted too (``chain.reversed`` is then
+    True): a `Butterfly` can hold it, but only chainable chains can be factorized.
+
     Parameters
     ----------
     patterns : sequence of Pattern or 4-tuples
@@ -144,7 +147,18 @@ class Chain:
         if not patterns:
             raise ValueError("a chain needs at least one pattern")
         self.patterns = patterns
-        self.ranks = tuple(_link_rank(l, r) for l, r in zip(patterns[:-1], patterns[1:]))
+        self.reversed = False
+        try:
+            self.ranks = tuple(_link_rank(l, r) for l, r in zip(patterns[:-1], patterns[1:]))
+        except ValueError as error:
+            # The (conjugate) transpose of a chainable product: reversed order, b <-> c.
+            mirror = [p.adjoint for p in reversed(patterns)]
+            try:
+                ranks = [_link_rank(l, r) for l, r in zip(mirror[:-1], mirror[1:])]
+            except ValueError:
+                raise error from None
+            self.ranks = tuple(reversed(ranks))
+            self.reversed = True
 
     @classmethod
     def square_dyadic(cls, n: int) -> "Chain":
@@ -295,6 +309,8 @@ class Chain:
         """Pattern of the product of factors ``start..stop-1`` (0-based, half-open)."""
         if not 0 <= start < stop <= len(self):
             raise ValueError(f"invalid factor range [{start}, {stop}) for {len(self)} factors")
+        if self.reversed:
+            raise ValueError("fused patterns are defined for chainable chains, not their transposes")
         pattern = self.patterns[start]
         for right in self.patterns[start + 1 : stop]:
             pattern = fuse(pattern, right)
@@ -302,7 +318,8 @@ class Chain:
 
     def __repr__(self) -> str:
         body = ", ".join(str(tuple(p)) for p in self.patterns)
-        return f"Chain([{body}], shape={self.shape}, ranks={self.ranks})"
+        mirror = ", reversed=True" if self.reversed else ""
+        return f"Chain([{body}], shape={self.shape}, ranks={self.ranks}{mirror})"
 
 
 def _positive_int(value, name: str) -> int:

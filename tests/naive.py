@@ -41,7 +41,8 @@ def chain_dense(patterns, values_list) -> np.ndarray:
 
 def butterfly_dense(B) -> np.ndarray:
     """Dense matrix of a `fastbfly.Butterfly` from its documented definition:
-    ``M[row_perm][:, perm] == X_1 ⋯ X_L`` (identity where a permutation is ``None``)."""
+    ``M[row_perm][:, perm] == X_1 ⋯ X_L`` (identity where a permutation is ``None``),
+    cut to ``B.shape`` when the chain covers a zero-padded matrix."""
     product = chain_dense([f.pattern for f in B.factors], [f.values for f in B.factors])
     m, n = product.shape
     rows = np.arange(m) if B.row_perm is None else np.asarray(B.row_perm)
@@ -50,7 +51,8 @@ def butterfly_dense(B) -> np.ndarray:
     for r in range(m):
         for s in range(n):
             dense[rows[r], cols[s]] = product[r, s]
-    return dense
+    # a zero-padded chain: the matrix is the leading block
+    return dense[: B.shape[0], : B.shape[1]]
 
 
 # ----------------------------------------------------------------------------- permutations
@@ -100,23 +102,23 @@ def block_indices(node_shape, b1: int, c1: int):
                     yield i, k1, j2, t, rows_of + j2, k1 * c2 + cols_of
 
 
-def best_rank_one(M: np.ndarray):
-    """Best rank-one approximation of ``M`` by a full SVD, with its singular values."""
+def best_rank(M: np.ndarray, rank: int = 1):
+    """Best rank-``rank`` approximation of ``M`` by a full SVD, with its singular values."""
     U, s, Vh = np.linalg.svd(M)
-    return s[0] * np.outer(U[:, 0], Vh[0]), s
+    return (U[:, :rank] * s[:rank]) @ Vh[:rank], s
 
 
-def split_rank_one(node: np.ndarray, b1: int, c1: int, columns=None):
+def split_rank_one(node: np.ndarray, b1: int, c1: int, columns=None, rank: int = 1):
     """Reference two-factor split of ``node[:, :, columns, :]``.
 
     Returns
     -------
     approximation : array like ``node``
-        Every block replaced by its best rank-one approximation (SVD in float64 or
-        complex128), in the node's 4-D layout.
+        Every block replaced by its best rank-``rank`` approximation (SVD in float64
+        or complex128), in the node's 4-D layout.
     blocks : list of dict
         Per block: ``index`` ``(i, k1, j2, t)``, ``block`` (the block), ``best``
-        (rank-one approximation), ``singular_values``.
+        (its best approximation), ``singular_values``.
     """
     node = np.asarray(node)
     if columns is not None:
@@ -126,7 +128,7 @@ def split_rank_one(node: np.ndarray, b1: int, c1: int, columns=None):
     blocks = []
     for i, k1, j2, t, rows, cols in block_indices(node.shape, b1, c1):
         M = work[i][np.ix_(rows, cols)][..., t]
-        best, s = best_rank_one(M)
+        best, s = best_rank(M, rank)
         approximation[i][np.ix_(rows, cols, [t])] = best[..., None]
         blocks.append({"index": (i, k1, j2, t), "block": M, "best": best, "singular_values": s})
     return approximation, blocks
