@@ -19,11 +19,13 @@ def main(argv=None) -> int:
     demo.add_argument("--seed", type=int, default=0)
 
     fact = commands.add_parser("factorize", help="factorize a matrix stored as .npy")
-    fact.add_argument("input", help="square power-of-two matrix in a .npy file")
+    fact.add_argument("input", help="2-D matrix in a .npy file (read memory-mapped)")
     fact.add_argument("-o", "--output", required=True, help="destination .npz file")
     fact.add_argument("--tree", default="balanced",
                       choices=["balanced", "left-to-right", "right-to-left"])
-    fact.add_argument("--perm", default=None, help="'bitrev' or a .npy file of column indices")
+    fact.add_argument("--perm", default=None,
+                      help="column permutation: identity, bitrev, dao8, auto, or a .npy file of indices")
+    fact.add_argument("--row-perm", default=None, help="row permutation, same choices as --perm")
     fact.add_argument("--no-orthonormalize", action="store_true")
 
     args = parser.parse_args(argv)
@@ -31,7 +33,7 @@ def main(argv=None) -> int:
         if args.command == "demo":
             return _demo(args.size, args.noise, args.seed)
         return _factorize(args)
-    except (ValueError, TypeError, OSError) as error:
+    except (ValueError, TypeError, OSError, MemoryError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
 
@@ -44,11 +46,9 @@ def _factorize(args) -> int:
     import fastbfly
 
     matrix = np.load(args.input, mmap_mode="r", allow_pickle=False)
-    perm = args.perm
-    if perm is not None and perm != "bitrev":
-        perm = np.load(perm, allow_pickle=False)
     started = time.perf_counter()
-    B = fastbfly.factorize(matrix, tree=args.tree, perm=perm,
+    B = fastbfly.factorize(matrix, tree=args.tree, perm=_permutation(args.perm),
+                           row_perm=_permutation(args.row_perm),
                            orthonormalize=not args.no_orthonormalize, progress=_progress)
     seconds = time.perf_counter() - started
     fastbfly.save(args.output, B)
@@ -56,6 +56,13 @@ def _factorize(args) -> int:
     print(f"relative error {B.info['relative_error']:.3e}, {seconds:.2f} s, "
           f"{B.nnz} stored values ({B.nnz / matrix.size:.2%} of dense), saved to {args.output}")
     return 0
+
+
+def _permutation(value):
+    """A permutation name, or the index vector stored in a .npy file."""
+    if value is None or value in ("identity", "bitrev", "dao8", "auto"):
+        return value
+    return np.load(value, allow_pickle=False)
 
 
 def _demo(size: int, noise: float, seed: int) -> int:
