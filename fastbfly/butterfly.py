@@ -13,11 +13,13 @@ __all__ = ["Factor", "Butterfly", "SUPPORTED_DTYPES"]
 
 SUPPORTED_DTYPES = tuple(np.dtype(t) for t in (np.float32, np.float64, np.complex64, np.complex128))
 
-# Below this many multiply-adds a parallel region costs more than it saves on small
-# machines (thread wake-up is ~milliseconds with some threading layers).
-PARALLEL_MIN_WORK = 1 << 22
-# Stored values from which one matrix-vector product is shared between threads.
-PARALLEL_MIN_NNZ_VEC = 1 << 15
+# Threads only for products of at least this many multiply-adds (~20 ms of serial
+# work): waking the OpenMP threads costs microseconds on an idle machine but was
+# measured at 10-40 ms per parallel region when other processes load the cores.
+PARALLEL_MIN_WORK = 1 << 24
+# Stored values from which one matrix-vector product is shared between threads (same
+# reasoning: only where the product itself takes milliseconds).
+PARALLEL_MIN_NNZ_VEC = 1 << 21
 
 
 class Factor:
