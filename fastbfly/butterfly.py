@@ -17,6 +17,8 @@ SUPPORTED_DTYPES = tuple(np.dtype(t) for t in (np.float32, np.float64, np.comple
 # work): waking the OpenMP threads costs microseconds on an idle machine but was
 # measured at 10-40 ms per parallel region when other processes load the cores.
 PARALLEL_MIN_WORK = 1 << 24
+# Tasks per thread of the two-phase products of many vectors.
+TASKS_PER_THREAD = 4
 # Stored values from which one matrix-vector product is shared between threads (same
 # reasoning: only where the product itself takes milliseconds).
 PARALLEL_MIN_NNZ_VEC = 1 << 21
@@ -379,12 +381,14 @@ class Butterfly:
                     conjugate, 0, True, 1, 1, 1, 1,
                 )
             return
-        # Many vectors: always the two phases, one task per row segment / residue so
-        # that a task's rows stay in cache through all factors of its phase.
+        # Many vectors: the two phases, in a few tasks per thread, so that a task's rows
+        # stay in cache through all factors of its phase (one task per segment or
+        # residue measured slower: too little work per call).
         parallel = threads > 1 and self.nnz * x2.shape[1] >= PARALLEL_MIN_WORK
         kernel = _kernels.apply_chain_mat_parallel if parallel else _kernels.apply_chain_mat_serial
+        tasks = TASKS_PER_THREAD * (threads if parallel else 1)
         kernel(values, self._patterns, self._offsets, x2, out, adjoint, conjugate, *layout,
-               self._segments, self._period)
+               min(self._segments, tasks), min(self._period, tasks))
 
 
 def _best_middle(patterns: np.ndarray, reversed_chain: bool) -> tuple[int, int, int]:
