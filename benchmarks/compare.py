@@ -4,7 +4,7 @@
 One run prints a markdown report: a header with the machine and library versions, then
 three tables (factorize the DFT; ``B @ x`` for one complex vector; ``B @ X`` for 64).
 
-    python benchmarks/compare.py                  # full run (a few minutes on 2 cores)
+    python benchmarks/compare.py                  # full run (~8 min on 2 idle cores)
     python benchmarks/compare.py --quick          # small sizes only, CI smoke test
     python benchmarks/compare.py --out report.md  # also write the markdown there
 
@@ -167,6 +167,19 @@ def worker_info(spec):
     import numba
 
     res = {"versions": _versions(), "numba_threads": numba.get_num_threads()}
+    try:
+        import fastbfly
+
+        src = os.path.dirname(os.path.dirname(os.path.abspath(fastbfly.__file__)))
+        git = ["git", "-C", src]
+        commit = subprocess.run(git + ["rev-parse", "--short", "HEAD"], capture_output=True,
+                                text=True).stdout.strip()
+        dirty = subprocess.run(git + ["status", "--porcelain", "--", "fastbfly"],
+                               capture_output=True, text=True).stdout.strip()
+        res["fastbfly_source"] = (f"{src}" + (f" (git {commit}{', uncommitted changes in fastbfly/' if dirty else ''})"
+                                             if commit else " (not a git checkout)"))
+    except Exception:  # noqa: BLE001
+        res["fastbfly_source"] = "not importable"
     layer_from = None
     try:  # run fastbfly's parallel matmat kernel, then ask which layer served it
         import fastbfly
@@ -351,31 +364,35 @@ def _matvec_operator(lib: str, variant: str, n: int):
 
 
 def worker_matvec(spec):
-    lib, variant, n, k = spec["lib"], spec["variant"], spec["n"], spec["k"]
+    """Time ``op @ X`` for every k in spec["ks"] (k = 1: a 1-D vector) in one process."""
+    lib, variant, n = spec["lib"], spec["variant"], spec["n"]
     warnings.simplefilter("ignore")
     try:
         op, scale, note, fortran = _matvec_operator(lib, variant, n)
     except ImportError as exc:
         return {"status": "not installed", "note": str(exc)}
-    rng = np.random.default_rng(0)
-    X = rng.standard_normal((n, k)) + 1j * rng.standard_normal((n, k))
-    if k == 1:
-        X = X[:, 0]
-    elif fortran:
-        X = np.asfortranarray(X)  # pyfaust wants Fortran order (conversion not timed)
-    if lib == "pyfaust":
-        Fa = op
-        if variant == "optimize_time":
-            with os_stdout_silenced():
-                Fa = Fa.optimize_time(mat=X.reshape(n, -1, order="F"))
-        apply = lambda V: Fa @ V  # noqa: E731
-    else:
-        apply = op
-    Y = apply(X)
-    err = rel_err(np.asarray(Y), scale * np.fft.fft(X, axis=0))
-    med, loops, samples = time_call(lambda: apply(X), spec["repeat"], spec["min_sample"])
-    return {"status": "ok", "time": med, "loops": loops, "samples": samples, "err": err,
-            "note": note}
+    by_k = {}
+    for k in spec["ks"]:
+        rng = np.random.default_rng(k)
+        X = rng.standard_normal((n, k)) + 1j * rng.standard_normal((n, k))
+        if k == 1:
+            X = X[:, 0]
+        elif fortran:
+            X = np.asfortranarray(X)  # pyfaust wants Fortran order (conversion not timed)
+        if lib == "pyfaust":
+            Fa = op
+            if variant == "optimize_time":  # pyfaust benchmarks its product modes on X itself
+                with os_stdout_silenced():
+                    Fa = Fa.optimize_time(mat=X.reshape(n, -1, order="F"))
+            apply = (lambda F_: (lambda V: F_ @ V))(Fa)
+        else:
+            apply = op
+        Y = apply(X)
+        err = rel_err(np.asarray(Y), scale * np.fft.fft(X, axis=0))
+        med, loops, samples = time_call(lambda: apply(X), spec["repeat"], spec["min_sample"])
+        by_k[str(k)] = {"status": "ok", "time": med, "loops": loops, "samples": samples,
+                        "err": err, "note": note}
+    return {"status": "ok", "by_k": by_k}
 
 
 def worker_main(spec_json: str):
@@ -467,8 +484,8 @@ def main(argv=None):
     p.add_argument("--k", type=int, default=64, help="right-hand sides for the B @ X table")
     p.add_argument("--dense-max", type=int, default=4096, help="largest N for dense F @ x")
     p.add_argument("--slow-peers", action="store_true",
-                   help="also run pyfaust butterfly(type='right') above N=1024 "
-                        "(≈75 s and 2 GB at N=2048 on 2 cores: dense N×N factors)")
+                   help="also run pyfaust butterfly(type='right') above N=1024 (≈75 s and 2 GB at "
+                        "N=2048 on 2 cores: dense N×N factors) and pyfaust fdb(balanced)")
     p.add_argument("--timeout", type=float, default=600.0, help="seconds per subprocess")
     p.add_argument("--sections", default="fact,matvec,matmat",
                    help="comma list among fact, matvec, matmat")
@@ -515,8 +532,11 @@ def main(argv=None):
          f"{info.get('threading_layer', '?')} ({info.get('threading_layer_from', '')})")
     emit("- versions: " + ", ".join(f"{k} {v.get(k, '?')}" for k in
                                      ("fastbfly", "numpy", "scipy", "numba", "pyfaust", "lazylinop")))
-    emit(f"- OMP_NUM_THREADS: {omp_default} for every row except those marked `OMP=1` "
-         "(pyfaust rows re-run with OMP_NUM_THREADS=1: its 2-thread single-vector times are erratic)")
+    emit(f"- fastbfly imported from: {info.get('fastbfly_source', '?')}")
+    emit(f"- OMP_NUM_THREADS: {omp_default}; NUMBA_NUM_THREADS: "
+         f"{os.environ.get('NUMBA_NUM_THREADS', 'unset')}; rows marked `OMP=1` / `NUMBA=1` re-run "
+         "with that variable set to 1 (pyfaust's 2-thread single-vector times are erratic; the "
+         "fastbfly `NUMBA=1` row shows its serial kernels)")
     emit(f"- timing: median of {args.repeat} samples after one warm-up call, each sample "
          f"≥ {args.min_sample * 1e3:.0f} ms of looped calls; factorizations: up to "
          f"{args.fact_repeat} runs within {args.fact_budget:.0f} s, runs shown; ratio = t / t_fastbfly "
@@ -529,6 +549,7 @@ def main(argv=None):
 
     # ------------------------------------------------------------------ factorization
     if "fact" in sections:
+        t_section = time.perf_counter()
         emit("## 1. Factorize the complex128 DFT (bit-reversal column permutation)")
         emit()
         emit("Error = ‖F − B‖_F / ‖F‖_F of the returned product. Peak mem = peak RSS increase "
@@ -550,7 +571,10 @@ def main(argv=None):
         for n in fact_sizes:
             ref = {}
             for tree, lib, variant, label in rows_spec:
-                if lib == "pyfaust" and variant == "right" and n > 1024 and not args.slow_peers:
+                if variant == "fdb-balanced" and not args.slow_peers:
+                    continue  # same GB algorithm as lazylinop ksd(order='balanced'); slow
+                if (lib == "pyfaust" and variant == "right" and n > 1024 and not args.slow_peers
+                        and not v.get("pyfaust", "").startswith("not installed")):
                     emit(f"| {n} | {tree} | {label} | skipped | – | – | – | – | too slow: ≈10 s at "
                          "N=1024, ≈75 s and 2 GB RSS at N=2048 on 2 cores (keeps N×N dense factors); "
                          "`--slow-peers` runs it |")
@@ -574,56 +598,83 @@ def main(argv=None):
                 emit(f"| {n} | {tree} | {label} | {fmt_time(t)} | {len(res['times'])} | "
                      f"{fmt_ratio(t, ref.get(tree), lib == 'fastbfly')} | {res['err']:.1e} | {mem:.2f}× | {note} |")
         emit()
+        emit(f"_Section wall time {time.perf_counter() - t_section:.0f} s, load average now {_loadavg()}._")
+        emit()
 
     # ------------------------------------------------------------------ products
     mv_rows = [
         ("fastbfly", "", "fastbfly `B @ x`", None),
+        ("fastbfly", "", "fastbfly `B @ x`", {"NUMBA_NUM_THREADS": "1"}),
         ("csr", "", "scipy.sparse CSR chain", None),
         ("pyfaust", "default", "pyfaust `Faust @ x`", None),
-        ("pyfaust", "default", "pyfaust `Faust @ x`", "1"),
+        ("pyfaust", "default", "pyfaust `Faust @ x`", {"OMP_NUM_THREADS": "1"}),
         ("pyfaust", "diag_opt", "pyfaust diag_opt", None),
-        ("pyfaust", "diag_opt", "pyfaust diag_opt", "1"),
+        ("pyfaust", "diag_opt", "pyfaust diag_opt", {"OMP_NUM_THREADS": "1"}),
         ("pyfaust", "optimize_time", "pyfaust optimize_time", None),
         ("lazylinop", "xp", "lazylinop butterfly.dft (backend xp)", None),
         ("lazylinop", "scipy", "lazylinop butterfly.dft (backend scipy)", None),
         ("dense", "", "dense `F @ x`", None),
         ("fft", "1", "scipy.fft.fft", None),
     ]
-    for section, k, title in (("matvec", 1, "## 2. `B @ x`: one complex128 vector, B = DFT butterfly"),
-                              ("matmat", args.k, f"## 3. `B @ X`: {args.k} complex128 vectors (X is N × {args.k})")):
-        if section not in sections:
-            continue
-        emit(title)
-        emit()
-        emit("Rel. error = ‖y − scale·fft(x)‖/‖scale·fft(x)‖ (checks every operator is the DFT; "
-             "lazylinop's is orthonormal, scale 1/√N). pyfaust rows use `pyfaust.dft(N)` "
-             "(its own closed-form DFT Faust, not a factorization: factorizing N=16384 would take "
-             "minutes and 4 GB); X is passed to pyfaust in Fortran order, C order to the others.")
-        emit()
-        emit("| N | implementation | time (median) | ratio | rel. error | notes |")
-        emit("|---|---|---|---|---|---|")
-        rows = list(mv_rows)
-        if k > 1:
-            rows.append(("fft", str(os.cpu_count()), f"scipy.fft.fft (workers={os.cpu_count()})", None))
+    product_sections = [(sec, k, title) for sec, k, title in (
+        ("matvec", 1, "## 2. `B @ x`: one complex128 vector, B = DFT butterfly"),
+        ("matmat", args.k, f"## 3. `B @ X`: {args.k} complex128 vectors (X is N × {args.k}, "
+                           "C order)")) if sec in sections]
+    if product_sections:
+        t_section = time.perf_counter()
+        rows = list(mv_rows) + [("fft", str(os.cpu_count()),
+                                 f"scipy.fft.fft (workers={os.cpu_count()})", None)]
+        # one subprocess per (implementation, N) measures every k; tables are printed after
+        results = {}
         for n in sizes:
-            ref = None
-            for lib, variant, label, omp in rows:
+            for idx, (lib, variant, label, env_extra) in enumerate(rows):
                 if lib == "dense" and n > args.dense_max:
                     continue
-                env = {"OMP_NUM_THREADS": omp} if omp else None
-                res = run_worker({"task": "matvec", "lib": lib, "variant": variant, "n": n, "k": k,
-                                  "repeat": args.repeat, "min_sample": args.min_sample},
-                                 env, args.timeout)
-                lab = label + (" `OMP=1`" if omp else "")
-                if res.get("status") != "ok":
-                    emit(f"| {n} | {lab} | {res.get('status')} | – | – | {res.get('note', '')[:80]} |")
+                ks = [k for _, k, _ in product_sections]
+                if lib == "fft" and variant != "1":  # multi-worker FFT only matters for k > 1
+                    ks = [k for k in ks if k > 1]
+                if not ks:
                     continue
-                t = res["time"]
-                if lib == "fastbfly":
-                    ref = t
-                spread = f"samples {fmt_time(min(res['samples']))}–{fmt_time(max(res['samples']))}"
-                emit(f"| {n} | {lab} | {fmt_time(t)} | {fmt_ratio(t, ref, lib == 'fastbfly')} | {res['err']:.1e} | "
-                     f"{res['note']}; {spread} |")
+                res = run_worker({"task": "matvec", "lib": lib, "variant": variant, "n": n,
+                                  "ks": ks, "repeat": args.repeat,
+                                  "min_sample": args.min_sample}, env_extra, args.timeout)
+                for k in ks:
+                    results[(n, idx, k)] = (res["by_k"][str(k)] if res.get("status") == "ok"
+                                            else res)
+        t_section = time.perf_counter() - t_section
+        for section, k, title in product_sections:
+            emit(title)
+            emit()
+            emit("Rel. error = ‖y − scale·fft(x)‖/‖scale·fft(x)‖ (checks every operator is the "
+                 "DFT; lazylinop's is orthonormal, scale 1/√N). pyfaust rows use `pyfaust.dft(N)` "
+                 "(its closed-form DFT Faust, not a factorization: factorizing N=16384 would take "
+                 "minutes and 4 GB); X is passed to pyfaust in Fortran order.")
+            emit()
+            emit("| N | implementation | time (median) | ratio | rel. error | notes |")
+            emit("|---|---|---|---|---|---|")
+            for n in sizes:
+                ref = None
+                for idx, (lib, variant, label, env_extra) in enumerate(rows):
+                    res = results.get((n, idx, k))
+                    if res is None:
+                        continue
+                    lab = label + "".join(f" `{key.split('_')[0]}={val}`"
+                                          for key, val in (env_extra or {}).items())
+                    if k > 1:
+                        lab = lab.replace("@ x`", "@ X`")
+                    if res.get("status") != "ok":
+                        emit(f"| {n} | {lab} | {res.get('status')} | – | – | "
+                             f"{res.get('note', '')[:80]} |")
+                        continue
+                    t = res["time"]
+                    if lib == "fastbfly" and not env_extra:
+                        ref = t
+                    spread = (f"samples {fmt_time(min(res['samples']))}–"
+                              f"{fmt_time(max(res['samples']))}")
+                    emit(f"| {n} | {lab} | {fmt_time(t)} | {fmt_ratio(t, ref, lib == 'fastbfly' and not env_extra)} "
+                         f"| {res['err']:.1e} | {res['note']}; {spread} |")
+            emit()
+        emit(f"_Sections 2–3 wall time {t_section:.0f} s, load average now {_loadavg()}._")
         emit()
 
     emit(f"_Total wall time: {time.perf_counter() - started:.0f} s; load average at the end: "
