@@ -20,6 +20,7 @@ import math
 
 import numpy as np
 from numba import njit, prange
+from numba.extending import overload
 
 # Blocks whose largest entry is outside [2**-SCALE_EXPONENT, 2**SCALE_EXPONENT] are
 # rescaled by an exact power of two first, so squares and Gram matrices cannot overflow
@@ -427,7 +428,7 @@ def _factor_vec(values, offset, a, b, c, d, i_first, i_last, period, lo, hi, src
     (``period`` divides ``d``; the whole factor is ``(0, a, d, 0, d)``).
 
     These restrictions are independent sub-problems, which is what lets several
-    threads share one product (see `apply_chain_vec`).  The innermost loop runs over
+    threads share one product (see `_apply_chain_py`).  The innermost loop runs over
     contiguous ``t`` and is specialised for the 2 × 2 blocks of butterflies (each input
     read once, each output written once).
     """
@@ -589,78 +590,110 @@ def _factor_mat_adjoint(values, offset, a, b, c, d, i_first, i_last, period, lo,
                             dst[out + t, r] += value * src[inp + t, r]
 
 
-def _make_chain_driver(factor, factor_adjoint):
-    """The chain driver for one kind of operand (vector or block of vectors)."""
+def _apply_factor(values, offset, a, b, c, d, i_first, i_last, period, lo, hi, src, dst,
+                  adjoint, conjugate):
+    """One factor (or its adjoint/transpose) on one vector or a block of vectors.
 
-    def apply_chain(values, patterns, offsets, x, out, adjoint, conjugate, middle,
-                    right_blocks, segments, period, block_tasks, period_tasks):
-        """Apply the whole chain (or its adjoint/transpose) to ``x`` into ``out``.
+    Under Numba the choice between the vector and block loops is made at compile time
+    from ``src.ndim`` (the overload below), so one chain driver serves both operands
+    and stays cacheable; this body is what ``NUMBA_DISABLE_JIT=1`` runs.
+    """
+    arguments = (values, offset, a, b, c, d, i_first, i_last, period, lo, hi, src, dst)
+    if src.ndim == 1:
+        if adjoint:
+            _factor_vec_adjoint(*arguments, conjugate)
+        else:
+            _factor_vec(*arguments)
+    elif adjoint:
+        _factor_mat_adjoint(*arguments, conjugate)
+    else:
+        _factor_mat(*arguments)
 
-        Forward: factors are applied last to first; adjoint: first to last, each
-        transposed (and conjugated when ``conjugate``).
 
-        Two phases split at factor ``middle`` (``middle == 0``: one phase, one task).
-        In a chainable chain ``a`` can only grow and ``d`` only shrink from left to
-        right, so the factors ``middle..L-1`` are all block diagonal with
-        ``segments = a[middle]`` independent blocks (contiguous row segments), and the
-        factors ``0..middle-1`` never mix rows of different residue modulo
-        ``period = d[middle-1]`` (``right_blocks`` is True).  The adjoint of a
-        chainable chain is the mirror image (``right_blocks`` False: the factors
-        ``0..middle-1`` are the block-diagonal ones).  A phase therefore runs all its
-        factors on one slice per task without synchronisation, which gives threads one
-        barrier per product instead of one per factor, and keeps each task's rows in
-        cache across the factors of its phase (``block_tasks``/``period_tasks``
-        slices of the segments and residues).
-        """
-        n_factors = patterns.shape[0]
-        size = max(x.shape[0], out.shape[0])
-        for f in range(n_factors):
-            size = max(size, patterns[f, 0] * patterns[f, 1] * patterns[f, 3])
-        buffers = np.empty((2, size) + x.shape[1:], dtype=out.dtype)
-        # Steps are numbered in application order; step s applies factor L-1-s
-        # (forward) or s (adjoint).  Forward runs the block-diagonal factors first.
-        n_phases = 2 if middle > 0 else 1
-        first_phase_steps = n_factors - middle if not adjoint else middle
-        for phase in range(n_phases):
-            if n_phases == 1:
-                first_step, last_step = 0, n_factors
-            elif phase == 0:
-                first_step, last_step = 0, first_phase_steps
+@overload(_apply_factor, jit_options={"nogil": True})
+def _apply_factor_overload(values, offset, a, b, c, d, i_first, i_last, period, lo, hi,
+                           src, dst, adjoint, conjugate):
+    if src.ndim == 1:
+        def apply_one_vector(values, offset, a, b, c, d, i_first, i_last, period, lo, hi,
+                             src, dst, adjoint, conjugate):
+            if adjoint:
+                _factor_vec_adjoint(values, offset, a, b, c, d, i_first, i_last, period,
+                                    lo, hi, src, dst, conjugate)
             else:
-                first_step, last_step = first_phase_steps, n_factors
-            # phase 0 covers the factors right of middle when applying forward
-            block_phase = ((phase == 0) != adjoint) == right_blocks
-            n_tasks = 1 if n_phases == 1 else block_tasks if block_phase else period_tasks
-            for task in prange(n_tasks):
-                for step in range(first_step, last_step):
-                    f = n_factors - 1 - step if not adjoint else step
-                    a, b, c, d = patterns[f, 0], patterns[f, 1], patterns[f, 2], patterns[f, 3]
-                    i_first, i_last = 0, a
-                    t_period, lo, hi = d, 0, d
-                    if n_phases == 2:
-                        if block_phase:
-                            per_segment = a // segments
-                            i_first = per_segment * (segments * task // n_tasks)
-                            i_last = per_segment * (segments * (task + 1) // n_tasks)
-                        else:
-                            t_period = period
-                            lo = period * task // n_tasks
-                            hi = period * (task + 1) // n_tasks
-                    src = x if step == 0 else buffers[(step - 1) % 2]
-                    dst = out if step == n_factors - 1 else buffers[step % 2]
-                    if adjoint:
-                        factor_adjoint(values, offsets[f], a, b, c, d, i_first, i_last,
-                                       t_period, lo, hi, src, dst, conjugate)
+                _factor_vec(values, offset, a, b, c, d, i_first, i_last, period, lo, hi,
+                            src, dst)
+        return apply_one_vector
+
+    def apply_many_vectors(values, offset, a, b, c, d, i_first, i_last, period, lo, hi,
+                           src, dst, adjoint, conjugate):
+        if adjoint:
+            _factor_mat_adjoint(values, offset, a, b, c, d, i_first, i_last, period, lo,
+                                hi, src, dst, conjugate)
+        else:
+            _factor_mat(values, offset, a, b, c, d, i_first, i_last, period, lo, hi, src,
+                        dst)
+    return apply_many_vectors
+
+
+def _apply_chain_py(values, patterns, offsets, x, out, adjoint, conjugate, middle,
+                    right_blocks, segments, period, block_tasks, period_tasks):
+    """Apply the whole chain (or its adjoint/transpose) to ``x`` into ``out``: one vector
+    (1-D) or a block of vectors (2-D, C-ordered).
+
+    Forward: factors are applied last to first; adjoint: first to last, each transposed
+    (and conjugated when ``conjugate``).
+
+    Two phases split at factor ``middle`` (``middle == 0``: one phase, one task).  In a
+    chainable chain ``a`` can only grow and ``d`` only shrink from left to right, so the
+    factors ``middle..L-1`` are all block diagonal with ``segments = a[middle]``
+    independent blocks (contiguous row segments), and the factors ``0..middle-1`` never
+    mix rows of different residue modulo ``period = d[middle-1]`` (``right_blocks`` is
+    True).  The adjoint of a chainable chain is the mirror image (``right_blocks``
+    False: the factors ``0..middle-1`` are the block-diagonal ones).  A phase therefore
+    runs all its factors on one slice per task without synchronisation, which gives
+    threads one barrier per product instead of one per factor, and keeps each task's
+    rows in cache across the factors of its phase (``block_tasks``/``period_tasks``
+    slices of the segments and residues).  The caller checks that the block phase's
+    intermediate vectors all have one length (``butterfly.phase_split_is_safe``).
+    """
+    n_factors = patterns.shape[0]
+    size = max(x.shape[0], out.shape[0])
+    for f in range(n_factors):
+        size = max(size, patterns[f, 0] * patterns[f, 1] * patterns[f, 3])
+    buffers = np.empty((2, size) + x.shape[1:], dtype=out.dtype)
+    # Steps are numbered in application order; step s applies factor L-1-s (forward)
+    # or s (adjoint).  Phase 0 covers the factors right of middle when going forward.
+    n_phases = 2 if middle > 0 else 1
+    first_phase_steps = n_factors - middle if not adjoint else middle
+    for phase in range(n_phases):
+        if n_phases == 1:
+            first_step, last_step = 0, n_factors
+        elif phase == 0:
+            first_step, last_step = 0, first_phase_steps
+        else:
+            first_step, last_step = first_phase_steps, n_factors
+        block_phase = ((phase == 0) != adjoint) == right_blocks
+        n_tasks = 1 if n_phases == 1 else block_tasks if block_phase else period_tasks
+        for task in prange(n_tasks):
+            for step in range(first_step, last_step):
+                f = n_factors - 1 - step if not adjoint else step
+                a, b, c, d = patterns[f, 0], patterns[f, 1], patterns[f, 2], patterns[f, 3]
+                i_first, i_last = 0, a
+                t_period, lo, hi = d, 0, d
+                if n_phases == 2:
+                    if block_phase:
+                        per_segment = a // segments
+                        i_first = per_segment * (segments * task // n_tasks)
+                        i_last = per_segment * (segments * (task + 1) // n_tasks)
                     else:
-                        factor(values, offsets[f], a, b, c, d, i_first, i_last,
-                               t_period, lo, hi, src, dst)
+                        t_period = period
+                        lo = period * task // n_tasks
+                        hi = period * (task + 1) // n_tasks
+                src = x if step == 0 else buffers[(step - 1) % 2]
+                dst = out if step == n_factors - 1 else buffers[step % 2]
+                _apply_factor(values, offsets[f], a, b, c, d, i_first, i_last, t_period,
+                              lo, hi, src, dst, adjoint, conjugate)
 
-    return apply_chain
 
-
-_apply_chain_vec_py = _make_chain_driver(_factor_vec, _factor_vec_adjoint)
-_apply_chain_mat_py = _make_chain_driver(_factor_mat, _factor_mat_adjoint)
-apply_chain_vec_serial = njit(cache=True, nogil=True)(_apply_chain_vec_py)
-apply_chain_vec_parallel = njit(cache=True, nogil=True, parallel=True)(_apply_chain_vec_py)
-apply_chain_mat_serial = njit(cache=True, nogil=True)(_apply_chain_mat_py)
-apply_chain_mat_parallel = njit(cache=True, nogil=True, parallel=True)(_apply_chain_mat_py)
+apply_chain_serial = njit(cache=True, nogil=True)(_apply_chain_py)
+apply_chain_parallel = njit(cache=True, nogil=True, parallel=True)(_apply_chain_py)

@@ -371,12 +371,12 @@ class Butterfly:
             # for the barrier; otherwise one serial pass per factor.
             width = min(self._segments, self._period)
             if threads > 1 and self.nnz >= PARALLEL_MIN_NNZ_VEC and width >= 8 * threads:
-                _kernels.apply_chain_vec_parallel(
+                _kernels.apply_chain_parallel(
                     values, self._patterns, self._offsets, x2[:, 0], out[:, 0], adjoint,
                     conjugate, *layout, threads, threads,
                 )
             else:
-                _kernels.apply_chain_vec_serial(
+                _kernels.apply_chain_serial(
                     values, self._patterns, self._offsets, x2[:, 0], out[:, 0], adjoint,
                     conjugate, 0, True, 1, 1, 1, 1,
                 )
@@ -385,7 +385,7 @@ class Butterfly:
         # stay in cache through all factors of its phase (one task per segment or
         # residue measured slower: too little work per call).
         parallel = threads > 1 and self.nnz * x2.shape[1] >= PARALLEL_MIN_WORK
-        kernel = _kernels.apply_chain_mat_parallel if parallel else _kernels.apply_chain_mat_serial
+        kernel = _kernels.apply_chain_parallel if parallel else _kernels.apply_chain_serial
         tasks = TASKS_PER_THREAD * (threads if parallel else 1)
         kernel(values, self._patterns, self._offsets, x2, out, adjoint, conjugate, *layout,
                min(self._segments, tasks), min(self._period, tasks))
@@ -393,7 +393,7 @@ class Butterfly:
 
 def _best_middle(patterns: np.ndarray, reversed_chain: bool) -> tuple[int, int, int]:
     """Where to split a chain for the two-phase products (see
-    ``_kernels._make_chain_driver``): the factor ``m`` maximising the smaller of the
+    ``_kernels._apply_chain_py``): the factor ``m`` maximising the smaller of the
     number of independent row segments and the residue period, and those two numbers.
     ``(0, 1, 1)`` (one phase) for a single factor or when no split is safe."""
     best = (0, 1, 1)

@@ -69,8 +69,7 @@ def run_apply(operand, parallel, values, patterns, offsets, x, n_out, adjoint, c
               middle=0, tasks=(1, 1)):
     """Run the vector or block-of-vectors chain kernel; ``tasks`` is the number of thread
     tasks of the (block-diagonal, periodic) phases when the chain is split at ``middle``."""
-    name = f"apply_chain_{operand}_{'parallel' if parallel else 'serial'}"
-    apply = kernel(name, "apply_chain_vec") if operand == "vec" else kernel(name)
+    apply = kernel(f"apply_chain_{'parallel' if parallel else 'serial'}")
     out = np.full((n_out,) + x.shape[1:], np.nan, dtype=values.dtype)  # NaN: unwritten shows
     reversed_chain = Chain([tuple(p) for p in patterns]).reversed
     segments, period = phase_layout(patterns, middle, reversed_chain) if middle else (1, 1)
