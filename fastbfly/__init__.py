@@ -6,6 +6,8 @@ apply the result in ``O(n log n)`` with Numba kernels, as a scipy ``LinearOperat
 """
 
 from .butterfly import Butterfly, Factor
+from .certificate import Certificate, certify
+from .clustering import recover_permutations
 from .factorization import factorize
 from .interop import from_lazylinop, to_lazylinop, to_scipy_sparse
 from .io import load, save
@@ -21,12 +23,14 @@ __version__ = "0.1.0"
 __all__ = [
     "Butterfly",
     "ButterflyOperator",
+    "Certificate",
     "Chain",
     "CompressionReport",
     "Factor",
     "Pattern",
     "bit_reversal_permutation",
     "build_tree",
+    "certify",
     "compression_report",
     "dao_permutations",
     "dft_butterfly",
@@ -35,6 +39,7 @@ __all__ = [
     "fuse",
     "hadamard_butterfly",
     "load",
+    "recover_permutations",
     "save",
     "to_lazylinop",
     "to_scipy_sparse",

@@ -208,6 +208,13 @@ def _resolve_chain(chain, shape, n_factors, rank, pad):
             )
         if chain.shape != shape:
             raise ValueError(f"chain of shape {chain.shape} does not match the matrix shape {shape}")
+        support = chain.fused(0, len(chain))
+        if support.a > 1 or support.d > 1:
+            raise ValueError(
+                f"{chain!r} only covers the support {tuple(support)} (a block-diagonal or "
+                f"Kronecker-structured part of the matrix), not the whole matrix: use a "
+                f"chain whose first pattern has a = 1 and last pattern has d = 1"
+            )
         return chain, shape
     if (m == n and m & (m - 1) == 0 and rank == 1
             and n_factors in (None, max(1, m.bit_length() - 1))):
