@@ -17,6 +17,7 @@ the same code.
 """
 
 import math
+import types
 
 import numpy as np
 from numba import njit, prange
@@ -40,18 +41,44 @@ EMPTY = -(1 << 30)
 NOT_FINITE = 1 << 30
 
 
+def _jit(function, suffix="", **options):
+    """``njit(cache=True, nogil=True, **options)`` of a copy of ``function`` named with
+    ``suffix``.
+
+    Numba's cache keys entries by function name, source line and signature, not by
+    options: the serial and ``parallel=True`` builds of one function would load each
+    other's machine code, so each build gets its own name.  Where no cache location is
+    writable at all (read-only install, read-only home and ``NUMBA_CACHE_DIR``) the
+    kernels compile without a cache instead of failing at import.
+    """
+    copy = types.FunctionType(function.__code__, function.__globals__,
+                              function.__name__ + suffix, function.__defaults__,
+                              function.__closure__)
+    copy.__qualname__ = function.__qualname__ + suffix
+    copy.__doc__ = function.__doc__
+    try:
+        return njit(cache=True, nogil=True, **options)(copy)
+    except RuntimeError:  # "cannot cache function ...: no locator available"
+        return njit(nogil=True, **options)(copy)
+
+
+def _kernel(**options):
+    """Decorator form of `_jit` for the helpers called by the kernels."""
+    return lambda function: _jit(function, **options)
+
+
 # --------------------------------------------------------------------------------------
 # Two-factor split: block extraction + best rank-one approximation of every block.
 # --------------------------------------------------------------------------------------
 
 
-@njit(cache=True, nogil=True, inline="always")
+@_kernel(inline="always")
 def _abs2(z):
     """``|z|²`` without the square root of ``abs``."""
     return z.real * z.real + z.imag * z.imag
 
 
-@njit(cache=True, nogil=True)
+@_kernel()
 def _times(M, rows, cols, v, u):
     """``u = M v``; returns ``‖u‖²``."""
     norm2 = 0.0
@@ -64,7 +91,7 @@ def _times(M, rows, cols, v, u):
     return norm2
 
 
-@njit(cache=True, nogil=True)
+@_kernel()
 def _adjoint_times(M, rows, cols, u, w):
     """``w = Mᴴ u``; returns ``‖w‖²``.  Row-wise, so ``M`` is read contiguously."""
     for k in range(cols):
@@ -79,7 +106,7 @@ def _adjoint_times(M, rows, cols, u, w):
     return norm2
 
 
-@njit(cache=True, nogil=True)
+@_kernel()
 def _gather_scale(M, rows, cols):
     """Scale the block by a power of two so its largest entry is in [0.5, 1) (exact;
     squares and Gram entries can then neither overflow nor underflow, whatever the
@@ -109,7 +136,7 @@ def _gather_scale(M, rows, cols):
     return exponent
 
 
-@njit(cache=True, nogil=True)
+@_kernel()
 def _accumulate(total_norm2, total_residual2, total_exponent, norm2, residual2, exponent):
     """Add a block's ``(norm2, residual2)``, in units of ``4**exponent``, to running sums
     kept in units of ``4**total_exponent``: no overflow for entries near 1e308."""
@@ -122,7 +149,7 @@ def _accumulate(total_norm2, total_residual2, total_exponent, norm2, residual2, 
             total_residual2 + math.ldexp(residual2, shift), total_exponent)
 
 
-@njit(cache=True, nogil=True)
+@_kernel()
 def _residual2(M, rows, cols, u, w):
     """``‖M − u wᴴ‖²`` computed directly (accurate when it is tiny, unlike
     ``‖M‖² − ‖w‖²``)."""
@@ -133,7 +160,7 @@ def _residual2(M, rows, cols, u, w):
     return total
 
 
-@njit(cache=True, nogil=True)
+@_kernel()
 def _top_left_vector_2(M, rows, cols, u, v):
     """Top left singular vector ``u`` of a block with ``min(rows, cols) == 2``, in closed
     form from the 2 × 2 Gram matrix of its smaller side (``v`` is workspace)."""
@@ -175,7 +202,7 @@ def _top_left_vector_2(M, rows, cols, u, v):
             u[j] *= inv
 
 
-@njit(cache=True, nogil=True)
+@_kernel()
 def _top_left_vector(M, rows, cols, row_norm2, norm2, u, v, w, tol):
     """Unit top left singular vector ``u`` of a nonzero block ``M`` (rows × cols).
 
@@ -409,11 +436,11 @@ def _split_rank_r_py(node, columns, b1, c1, rank, left, right, sigma_power,
         chunk_bad[chunk] = bad
 
 
-split_rank_r_serial = njit(cache=True, nogil=True)(_split_rank_r_py)
+split_rank_r_serial = _jit(_split_rank_r_py, "_serial")
 
 
-split_rank_one_serial = njit(cache=True, nogil=True)(_split_rank_one_py)
-split_rank_one_parallel = njit(cache=True, nogil=True, parallel=True)(_split_rank_one_py)
+split_rank_one_serial = _jit(_split_rank_one_py, "_serial")
+split_rank_one_parallel = _jit(_split_rank_one_py, "_parallel", parallel=True)
 
 
 # --------------------------------------------------------------------------------------
@@ -421,7 +448,7 @@ split_rank_one_parallel = njit(cache=True, nogil=True, parallel=True)(_split_ran
 # --------------------------------------------------------------------------------------
 
 
-@njit(cache=True, nogil=True)
+@_kernel()
 def _factor_vec(values, offset, a, b, c, d, i_first, i_last, period, lo, hi, src, dst):
     """``dst = K src`` for one factor and one vector, restricted to the blocks
     ``i_first <= i < i_last`` and the positions ``t`` with ``lo <= t % period < hi``
@@ -458,7 +485,7 @@ def _factor_vec(values, offset, a, b, c, d, i_first, i_last, period, lo, hi, src
                         dst[out + t] += values[base + t] * src[inp + t]
 
 
-@njit(cache=True, nogil=True)
+@_kernel()
 def _factor_vec_adjoint(values, offset, a, b, c, d, i_first, i_last, period, lo, hi,
                         src, dst, conjugate):
     """``dst = Kᴴ src`` (or ``Kᵀ src`` when not ``conjugate``), restricted as in
@@ -503,7 +530,7 @@ def _factor_vec_adjoint(values, offset, a, b, c, d, i_first, i_last, period, lo,
                         dst[out + t] += value * src[inp + t]
 
 
-@njit(cache=True, nogil=True)
+@_kernel()
 def _factor_mat(values, offset, a, b, c, d, i_first, i_last, period, lo, hi, src, dst):
     """`_factor_vec` for ``src`` of shape (n, m), C-ordered: the innermost loop runs over
     the m right-hand sides, so each factor value is loaded once per row pair."""
@@ -542,7 +569,7 @@ def _factor_mat(values, offset, a, b, c, d, i_first, i_last, period, lo, hi, src
                             dst[out + t, r] += value * src[inp + t, r]
 
 
-@njit(cache=True, nogil=True)
+@_kernel()
 def _factor_mat_adjoint(values, offset, a, b, c, d, i_first, i_last, period, lo, hi,
                         src, dst, conjugate):
     """`_factor_vec_adjoint` for many right-hand sides."""
@@ -695,5 +722,5 @@ def _apply_chain_py(values, patterns, offsets, x, out, adjoint, conjugate, middl
                               lo, hi, src, dst, adjoint, conjugate)
 
 
-apply_chain_serial = njit(cache=True, nogil=True)(_apply_chain_py)
-apply_chain_parallel = njit(cache=True, nogil=True, parallel=True)(_apply_chain_py)
+apply_chain_serial = _jit(_apply_chain_py, "_serial")
+apply_chain_parallel = _jit(_apply_chain_py, "_parallel", parallel=True)

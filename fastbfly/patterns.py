@@ -137,7 +137,7 @@ class Chain:
     >>> chain
     Chain([(1, 2, 2, 4), (2, 2, 2, 2), (4, 2, 2, 1)], shape=(8, 8), ranks=(1, 1))
     >>> chain.nnz
-    24
+    48
     """
 
     def __init__(self, patterns: Sequence):
