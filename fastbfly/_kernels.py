@@ -724,3 +724,157 @@ def _apply_chain_py(values, patterns, offsets, x, out, adjoint, conjugate, middl
 
 apply_chain_serial = _jit(_apply_chain_py, "_serial")
 apply_chain_parallel = _jit(_apply_chain_py, "_parallel", parallel=True)
+
+
+# --------------------------------------------------------------------------------------
+# Chains of 2 × 2-block factors (butterflies proper): one vector or a block of vectors.
+# --------------------------------------------------------------------------------------
+#
+# The general loops above read the four values of one 2 × 2 block from four places
+# ``d`` apart.  For one vector, which is bound by scalar complex arithmetic and by
+# loop overhead, a derived copy of the values in *pair order* is faster (measured 67 µs
+# against 77 µs for the same loop on the storage layout, and 124 µs for the general
+# driver, DFT N = 4096 complex128): for a factor ``(a, 2, 2, d)`` used at one step,
+#
+#     packed[offset + 4 * (i * d + t) + 2 * j + k]  =  block (i, t) entry (j, k),
+#
+# one cache line per complex128 block, where block ``(i, t)`` maps the inputs
+# ``2 i d + t`` and ``2 i d + d + t`` to the outputs at the same two positions.  For an
+# adjoint the blocks are stored transposed (and conjugated), so the same loop serves
+# ``B``, ``Bᴴ`` and ``Bᵀ``; ``steps`` lists ``(a, d, offset)`` in application order.
+
+
+@_kernel()
+def _pairs_pass(packed, a, d, offset, src, dst):
+    """``dst = K src`` for one factor in pair order (see above)."""
+    for i in range(a):
+        first = 2 * i * d
+        second = first + d
+        base = offset + 4 * i * d
+        for t in range(d):
+            x0 = src[first + t]
+            x1 = src[second + t]
+            v = base + 4 * t
+            dst[first + t] = packed[v] * x0 + packed[v + 1] * x1
+            dst[second + t] = packed[v + 2] * x0 + packed[v + 3] * x1
+
+
+@_kernel()
+def _pairs_pass_gathered(packed, a, d, offset, src, gather, dst):
+    """`_pairs_pass` reading ``src[gather]`` (the column permutation) on the fly."""
+    for i in range(a):
+        first = 2 * i * d
+        second = first + d
+        base = offset + 4 * i * d
+        for t in range(d):
+            x0 = src[gather[first + t]]
+            x1 = src[gather[second + t]]
+            v = base + 4 * t
+            dst[first + t] = packed[v] * x0 + packed[v + 1] * x1
+            dst[second + t] = packed[v + 2] * x0 + packed[v + 3] * x1
+
+
+def _apply_pairs_py(packed, steps, gather, scatter, x, out, work):
+    """``out = P_out K_{steps[-1]} ⋯ K_{steps[0]} P_in x`` for one vector.
+
+    ``gather`` (``x[gather]`` is fed to the first factor) and ``scatter`` (the last
+    factor's result ``y`` lands as ``out[scatter] = y``) may be empty for the identity.
+    ``work`` is a ``(2, n)`` scratch array.  Every step reads one buffer and writes the
+    other, so nothing is copied between steps.
+    """
+    n_steps = steps.shape[0]
+    src = x
+    for s in range(n_steps):
+        last = s == n_steps - 1
+        dst = out if last and scatter.shape[0] == 0 else work[s % 2]
+        if s == 0 and gather.shape[0] > 0:
+            _pairs_pass_gathered(packed, steps[s, 0], steps[s, 1], steps[s, 2], src, gather, dst)
+        else:
+            _pairs_pass(packed, steps[s, 0], steps[s, 1], steps[s, 2], src, dst)
+        src = dst
+    if scatter.shape[0] > 0:
+        for p in range(scatter.shape[0]):
+            out[scatter[p]] = src[p]
+
+
+@_kernel()
+def _pairs_pass_mat(packed, a, d, offset, src, dst):
+    """`_pairs_pass` for a C-ordered block of vectors: the innermost loop runs over the
+    right-hand sides, so each block's four values are loaded once per row pair."""
+    m = src.shape[1]
+    for i in range(a):
+        first = 2 * i * d
+        second = first + d
+        base = offset + 4 * i * d
+        for t in range(d):
+            v = base + 4 * t
+            v00, v01, v10, v11 = packed[v], packed[v + 1], packed[v + 2], packed[v + 3]
+            for r in range(m):
+                x0 = src[first + t, r]
+                x1 = src[second + t, r]
+                dst[first + t, r] = v00 * x0 + v01 * x1
+                dst[second + t, r] = v10 * x0 + v11 * x1
+
+
+def _apply_pairs_mat_py(packed, steps, gather, scatter, x, out, work):
+    """`_apply_pairs_py` for ``x`` and ``out`` of shape ``(n, m)``, C-ordered; ``work``
+    is ``(2, n, m)``.  The row permutations are applied in a pass of their own (one
+    copy, small next to the ``L`` factor passes)."""
+    n_steps = steps.shape[0]
+    m = x.shape[1]
+    src = x
+    if gather.shape[0] > 0:
+        for p in range(gather.shape[0]):
+            row = gather[p]
+            for r in range(m):
+                work[1, p, r] = x[row, r]
+        src = work[1]
+    for s in range(n_steps):
+        last = s == n_steps - 1
+        dst = out if last and scatter.shape[0] == 0 else work[s % 2]
+        _pairs_pass_mat(packed, steps[s, 0], steps[s, 1], steps[s, 2], src, dst)
+        src = dst
+    if scatter.shape[0] > 0:
+        for p in range(scatter.shape[0]):
+            row = scatter[p]
+            for r in range(m):
+                out[row, r] = src[p, r]
+
+
+class _SuperwordKernel:
+    """A kernel compiled with LLVM's SLP (superword) vectoriser switched on.
+
+    Numba turns SLP vectorisation off globally since 0.57 (numba#8852: miscompilations
+    found in other code).  For `_pairs_pass` it is what packs the real and imaginary
+    halves of the complex arithmetic into vector instructions: measured 52 µs against
+    78 µs per product (DFT N = 4096 complex128).  The flag is set only while this
+    kernel compiles, under Numba's global compiler lock, so no other compilation sees
+    it; the tests compare every dtype and direction with a dense reference.
+    """
+
+    def __init__(self, dispatcher):
+        self._dispatcher = dispatcher
+        self._compiled = set()  # dtypes of ``packed`` compiled (or loaded from the cache)
+
+    def __call__(self, packed, steps, gather, scatter, x, out, work):
+        if packed.dtype not in self._compiled and hasattr(self._dispatcher, "compile"):
+            self._compile(packed, steps, gather, scatter, x, out, work)
+        self._dispatcher(packed, steps, gather, scatter, x, out, work)
+
+    def _compile(self, *arguments):
+        from numba import typeof
+        from numba.core import config
+        from numba.core.compiler_lock import global_compiler_lock
+
+        with global_compiler_lock:
+            previous = config.SLP_VECTORIZE
+            config.SLP_VECTORIZE = 1
+            try:
+                self._dispatcher.compile(tuple(typeof(a) for a in arguments))
+            finally:
+                config.SLP_VECTORIZE = previous
+        self._compiled.add(arguments[0].dtype)
+
+
+apply_pairs = _SuperwordKernel(_jit(_apply_pairs_py))
+apply_pairs_mat = _SuperwordKernel(_jit(_apply_pairs_mat_py))

@@ -22,6 +22,8 @@ TASKS_PER_THREAD = 4
 # Stored values from which one matrix-vector product is shared between threads (same
 # reasoning: only where the product itself takes milliseconds).
 PARALLEL_MIN_NNZ_VEC = 1 << 21
+# The identity permutation, passed to kernels as "no permutation".
+_NO_PERMUTATION = np.empty(0, dtype=np.int64)
 
 
 class Factor:
@@ -180,6 +182,8 @@ class Butterfly:
         self.row_perm = None if row_perm is None else validate_permutation(row_perm, m, "row_perm")
         self.info = {} if info is None else dict(info)
         self._cast_values = {self.dtype: self._values}
+        self._all_pairs = bool(np.all(self._patterns[:, 1:3] == 2))
+        self._pairs_plans = {}
 
     # ---------------------------------------------------------------- properties
     @property
@@ -324,6 +328,9 @@ class Butterfly:
 
         squeeze = x.ndim == 1
         x2 = x.reshape(n_in, -1)
+        if self._all_pairs and chain_in == n_in and chain_out == n_out and not self._threaded(x2):
+            result = self._apply_pairs(x2, gather, scatter, adjoint, conjugate, out_dtype)
+            return result[:, 0] if squeeze else result
         if chain_in != n_in:  # zero padding
             x2 = np.concatenate([x2, np.zeros((chain_in - n_in, x2.shape[1]), dtype=x2.dtype)])
         if gather is not None:
@@ -355,6 +362,71 @@ class Butterfly:
             result = result[:n_out]
         return result[:, 0] if squeeze else result
 
+    def _apply_pairs(self, x2, gather, scatter, adjoint, conjugate, out_dtype):
+        """``B``, ``Bᴴ`` or ``Bᵀ`` times ``x2`` (shape ``(n, k)``) when every factor has
+        2 × 2 blocks: the serial pair-order kernels of ``_kernels`` (one vector, or a
+        block of vectors with the right-hand sides innermost)."""
+        real_on_complex = out_dtype.kind == "c" and self.dtype.kind == "f"
+        # Real factors on complex data: real and imaginary parts are two real columns
+        # each (a free view) instead of casting every factor to complex.
+        compute = np.dtype(out_dtype.char.lower()) if real_on_complex else out_dtype
+        packed, steps = self._pairs_plan(adjoint, conjugate, compute)
+        gather = _NO_PERMUTATION if gather is None else gather
+        scatter = _NO_PERMUTATION if scatter is None else scatter
+        if x2.shape[1] == 1 and not real_on_complex:
+            x1 = np.ascontiguousarray(x2[:, 0], dtype=out_dtype)
+            if not x1.flags.writeable:  # one array type per kernel: no recompilation
+                x1 = x1.copy()
+            out = np.empty(x1.shape[0], dtype=out_dtype)
+            work = np.empty((2, x1.shape[0]), dtype=out_dtype)
+            _kernels.apply_pairs(packed, steps, gather, scatter, x1, out, work)
+            return out[:, None]
+        xc = np.ascontiguousarray(x2, dtype=out_dtype)
+        if not xc.flags.writeable:
+            xc = xc.copy()
+        xc = xc.view(compute)
+        out = np.empty_like(xc)
+        work = np.empty((2,) + xc.shape, dtype=compute)
+        _kernels.apply_pairs_mat(packed, steps, gather, scatter, xc, out, work)
+        return out.view(out_dtype)
+
+    def _pairs_plan(self, adjoint: bool, conjugate: bool, dtype: np.dtype):
+        """The values (as ``dtype``) in the pair order of ``_kernels.apply_pairs`` for
+        ``B``, ``Bᴴ`` or ``Bᵀ``, and the ``(a, d, offset)`` steps in application
+        order; built on first use and kept (the factors are read-only, so a plan cannot
+        go stale)."""
+        conjugate = conjugate and adjoint and dtype.kind == "c"
+        key = (adjoint, conjugate, dtype)
+        plan = self._pairs_plans.get(key)
+        if plan is None:
+            values = self._values_as(dtype)
+            packed = np.empty_like(values)
+            order = range(len(self.factors)) if adjoint else range(len(self.factors) - 1, -1, -1)
+            steps = []
+            for f in order:
+                a, _, _, d = self.factors[f].pattern
+                start, stop = self._offsets[f], self._offsets[f + 1]
+                blocks = values[start:stop].reshape(a, 2, 2, d)
+                # Axes (i, t, row, column) of each 2 × 2 block; an adjoint block is the
+                # transpose (rows and columns swapped), conjugated for Bᴴ.
+                blocks = blocks.transpose(0, 3, 2, 1) if adjoint else blocks.transpose(0, 3, 1, 2)
+                packed[start:stop] = (np.conj(blocks) if conjugate else blocks).ravel()
+                steps.append((a, d, start))
+            plan = (packed, np.array(steps, dtype=np.int64))
+            self._pairs_plans[key] = plan
+        return plan
+
+    def _threaded(self, x2: np.ndarray) -> bool:
+        """True when ``B @ x2`` is big enough to share between threads (the two-phase
+        driver); below that, serial kernels (a parallel region costs milliseconds on a
+        loaded machine)."""
+        threads = numba.get_num_threads()
+        if threads == 1:
+            return False
+        if x2.shape[1] == 1:
+            return self.nnz >= PARALLEL_MIN_NNZ_VEC and min(self._segments, self._period) >= 8 * threads
+        return self.nnz * x2.shape[1] >= PARALLEL_MIN_WORK
+
     def _values_as(self, dtype: np.dtype) -> np.ndarray:
         cached = self._cast_values.get(dtype)
         if cached is None:
@@ -369,8 +441,7 @@ class Butterfly:
         if x2.shape[1] == 1 and prefer_vec:
             # One vector: threads share the product in two phases when the work pays
             # for the barrier; otherwise one serial pass per factor.
-            width = min(self._segments, self._period)
-            if threads > 1 and self.nnz >= PARALLEL_MIN_NNZ_VEC and width >= 8 * threads:
+            if self._threaded(x2):
                 _kernels.apply_chain_parallel(
                     values, self._patterns, self._offsets, x2[:, 0], out[:, 0], adjoint,
                     conjugate, *layout, threads, threads,
@@ -384,7 +455,7 @@ class Butterfly:
         # Many vectors: the two phases, in a few tasks per thread, so that a task's rows
         # stay in cache through all factors of its phase (one task per segment or
         # residue measured slower: too little work per call).
-        parallel = threads > 1 and self.nnz * x2.shape[1] >= PARALLEL_MIN_WORK
+        parallel = self._threaded(x2)
         kernel = _kernels.apply_chain_parallel if parallel else _kernels.apply_chain_serial
         tasks = TASKS_PER_THREAD * (threads if parallel else 1)
         kernel(values, self._patterns, self._offsets, x2, out, adjoint, conjugate, *layout,
