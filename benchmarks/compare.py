@@ -395,10 +395,25 @@ def worker_matvec(spec):
     return {"status": "ok", "by_k": by_k}
 
 
+def worker_stream(spec):
+    """STREAM-like copy bandwidth: ``np.copyto`` of a 256 MB float64 array (far larger
+    than the caches), counted as bytes read + bytes written, median of 7."""
+    src = np.ones(1 << 25)
+    dst = np.empty_like(src)
+    np.copyto(dst, src)  # page in both arrays before timing
+    times = []
+    for _ in range(7):
+        t0 = time.perf_counter()
+        np.copyto(dst, src)
+        times.append(time.perf_counter() - t0)
+    return {"status": "ok", "bandwidth": 2 * src.nbytes / statistics.median(times)}
+
+
 def worker_main(spec_json: str):
     spec = json.loads(spec_json)
     try:
-        fn = {"info": worker_info, "fact": worker_fact, "matvec": worker_matvec}[spec["task"]]
+        fn = {"info": worker_info, "fact": worker_fact, "matvec": worker_matvec,
+              "stream": worker_stream}[spec["task"]]
         res = fn(spec)
     except Exception as exc:  # noqa: BLE001 - reported in the table
         res = {"status": f"error: {type(exc).__name__}: {exc}"[:200]}
@@ -429,6 +444,68 @@ def run_worker(spec: dict, env_extra: dict | None, timeout: float) -> dict:
     finally:
         with contextlib.suppress(OSError):
             os.remove(path)
+
+
+def _emit_product_goals(emit, results, rows, sizes, product_sections, timeout):
+    """The product goals of issues 2 and 4, checked against this run's medians."""
+    stream = run_worker({"task": "stream"}, None, timeout)
+    bandwidth = stream.get("bandwidth")
+
+    def time_of(n, k, lib, variant=None, env=None):
+        for idx, (lib_, variant_, _, env_) in enumerate(rows):
+            if lib_ == lib and (variant is None or variant_ == variant) and env_ == env:
+                res = results.get((n, idx, k))
+                if res and res.get("status") == "ok":
+                    return res["time"]
+        return None
+
+    emit("## 4. Product goals (issues 2 and 4), from the medians above")
+    emit()
+    if bandwidth:
+        emit(f"STREAM-like copy bandwidth measured in this run: {bandwidth / 1e9:.1f} GB/s "
+             "(`np.copyto` of 256 MB, read + write bytes). Bandwidth floor of one product = "
+             "bytes of factor values (16 · 2N · log2 N) ÷ that bandwidth.")
+        emit()
+    emit("| goal | measured | met |")
+    emit("|---|---|---|")
+
+    def row(goal, ratio, limit, larger_is_better=False, detail=""):
+        if ratio is None:
+            emit(f"| {goal} | not measured in this run | – |")
+            return
+        met = ratio >= limit if larger_is_better else ratio <= limit
+        emit(f"| {goal} | {ratio:.2f}{detail} | {'yes' if met else '**no**'} |")
+
+    ks = {k for _, k, _ in product_sections}
+    cores = str(os.cpu_count())
+    for n in sizes:
+        mine1 = time_of(n, 1, "fastbfly")
+        csr1 = time_of(n, 1, "csr")
+        if 1 in ks and n == 4096:
+            row("N=4096, one vector: CSR chain time ÷ fastbfly time ≥ 2",
+                csr1 / mine1 if mine1 and csr1 else None, 2.0, True)
+        if 1 in ks and n == 16384:
+            floor = 16 * 2 * n * int(math.log2(n)) / bandwidth if bandwidth else None
+            row("N=16384, one vector: fastbfly ÷ bandwidth floor ≤ 1.2",
+                mine1 / floor if mine1 and floor else None, 1.2,
+                detail=f" ({fmt_time(mine1)} vs floor {fmt_time(floor)})" if mine1 and floor else "")
+            row("N=16384, one vector: fastbfly ÷ CSR chain ≤ 0.6",
+                mine1 / csr1 if mine1 and csr1 else None, 0.6)
+        if 1 in ks and n == 1024:
+            fft1 = time_of(n, 1, "fft", "1")
+            row("N=1024, one vector: fastbfly ÷ scipy.fft.fft ≤ 1.5",
+                mine1 / fft1 if mine1 and fft1 else None, 1.5)
+        for k in ks - {1}:
+            if n not in (4096, 16384):
+                continue
+            mine = time_of(n, k, "fastbfly")
+            fft = time_of(n, k, "fft", cores)
+            csr = time_of(n, k, "csr")
+            row(f"N={n}, {k} vectors: fastbfly ÷ scipy.fft.fft(workers=-1) ≤ 1.0",
+                mine / fft if mine and fft else None, 1.0)
+            row(f"N={n}, {k} vectors: fastbfly ÷ CSR chain ≤ 0.3",
+                mine / csr if mine and csr else None, 0.3)
+    emit()
 
 
 def _loadavg() -> str:
@@ -676,6 +753,7 @@ def main(argv=None):
             emit()
         emit(f"_Sections 2–3 wall time {t_section:.0f} s, load average now {_loadavg()}._")
         emit()
+        _emit_product_goals(emit, results, rows, sizes, product_sections, args.timeout)
 
     emit(f"_Total wall time: {time.perf_counter() - started:.0f} s; load average at the end: "
          f"{_loadavg()}._")

@@ -35,7 +35,7 @@ import warnings
 import numpy as np
 
 import fastbfly
-from fastbfly.factorization import split_errors
+from fastbfly._errors import split_errors
 
 FASTBFLY_TREES = ("balanced", "left-to-right", "right-to-left")
 # pyfaust's names for the same trees: 'right' splits off the right-hand side of the

@@ -131,7 +131,6 @@ html_show_sourcelink = False
 API_PLACEHOLDER = ".. fastbfly-api-extra::"
 PERFORMANCE_PLACEHOLDER = ".. fastbfly-performance-report::"
 RESULTS_PLACEHOLDER = ".. fastbfly-result-pages::"
-ALIAS_MARK = ".. fastbfly-alias::"
 # Result pages first in this order, then any other markdown page, alphabetically.
 RESULT_ORDER = ["noise_robustness", "gradient_baseline", "certificate", "minilm"]
 
@@ -225,22 +224,10 @@ def _latency_table() -> str:
     return "\n".join(lines) + "\n"
 
 
-def _aliases(text: str) -> str:
-    """``.. fastbfly-alias:: NAME`` -> a sentence when ``fastbfly.NAME`` is exported."""
-    lines = []
-    for line in text.splitlines():
-        if line.startswith(ALIAS_MARK):
-            name = line[len(ALIAS_MARK):].strip()
-            line = (f"Also importable as ``fastbfly.{name}``." if name in fastbfly.__all__
-                    else "")
-        lines.append(line)
-    return "\n".join(lines) + "\n"
-
-
 def _inject(app, docname, source):
     text = source[0]
     if docname == "api" and API_PLACEHOLDER in text:
-        source[0] = _aliases(text.replace(API_PLACEHOLDER, _api_extra(text)))
+        source[0] = text.replace(API_PLACEHOLDER, _api_extra(text))
     elif docname == "index" and RESULTS_PLACEHOLDER in text:
         source[0] = text.replace(RESULTS_PLACEHOLDER, _result_pages())
     elif docname == "limitations" and LATENCY_PLACEHOLDER in text:

@@ -15,6 +15,7 @@ from .operator import ButterflyOperator
 from .patterns import Chain, Pattern, fuse
 from .permutations import bit_reversal_permutation, dao_permutations
 from .report import CompressionReport, compression_report
+from .sources import FunctionMatrix
 from .transforms import dft_butterfly, hadamard_butterfly
 from .trees import build_tree
 
@@ -27,6 +28,7 @@ __all__ = [
     "Chain",
     "CompressionReport",
     "Factor",
+    "FunctionMatrix",
     "Pattern",
     "bit_reversal_permutation",
     "build_tree",

@@ -12,15 +12,23 @@ factors' 4-D arrays raveled and concatenated, left-most factor first), an ``(L, 
 int64 array of patterns and ``L + 1`` offsets into ``values``.  The product is
 ``X_0 X_1 ⋯ X_{L-1}``: the last factor is applied to a vector first.
 
+Products of chains whose factors all have 2 × 2 blocks (butterflies proper) run on a
+derived copy of the values in *pair order* (each block's four values contiguous; see
+the last section), built once per `Butterfly`, direction and dtype; the storage above
+stays the one format of record (saved files, ``Factor.values``, interoperability).
+
 Every kernel body is plain Python as well, so ``NUMBA_DISABLE_JIT=1`` runs (and covers)
 the same code.
 """
 
 import math
+import threading
 import types
 
+import numba
 import numpy as np
 from numba import njit, prange
+from numba.core.caching import FunctionCache
 from numba.extending import overload
 
 # Blocks whose largest entry is outside [2**-SCALE_EXPONENT, 2**SCALE_EXPONENT] are
@@ -41,6 +49,83 @@ EMPTY = -(1 << 30)
 NOT_FINITE = 1 << 30
 
 
+class _TolerantCache(FunctionCache):
+    """Numba's on-disk cache of one kernel, without its failure modes.
+
+    Numba reads the index (``.nbi``) and data (``.nbc``) files unguarded: a truncated,
+    empty or garbage file (a full disk, a crashed writer, a copied cache) makes the
+    kernel's first call raise (``EOFError``, ``UnpicklingError``, LLVM parse errors).
+    Here any failure to load counts as a cache miss, so the kernel is compiled, and a
+    failure to save leaves it uncached.
+    """
+
+    def load_overload(self, sig, target_context):
+        try:
+            return super().load_overload(sig, target_context)
+        except Exception:  # unreadable cache files: compile instead
+            return None
+
+    def save_overload(self, sig, data):
+        try:
+            super().save_overload(sig, data)
+        except Exception:
+            # Saving reads the index first, so an unreadable index fails every save:
+            # replace it by an empty one (its entries are unreadable anyway) and retry.
+            # Any other failure (read-only or full disk) just leaves the kernel uncached.
+            try:
+                self._cache_file._load_index()
+            except Exception:
+                try:
+                    self.flush()
+                    super().save_overload(sig, data)
+                except Exception:
+                    pass
+
+
+# Threading layers whose parallel regions may be entered from several Python threads at
+# once.  Numba's ``workqueue`` layer (its fallback where neither OpenMP nor TBB is
+# available) may not: it aborts the interpreter ("Concurrent access has been detected").
+CONCURRENT_LAYERS = ("omp", "tbb")
+_PARALLEL_LAUNCH_LOCK = threading.Lock()
+
+
+def parallel_launch_needs_lock() -> bool:
+    """True when parallel kernels must be launched one at a time: the threading layer is
+    ``workqueue``, or not chosen yet (Numba picks it at the first parallel region, so
+    the first launches are serialized too)."""
+    try:
+        return numba.threading_layer() not in CONCURRENT_LAYERS
+    except ValueError:  # "Threading layer is not initialized."
+        return True
+
+
+class _ParallelKernel:
+    """A ``parallel=True`` kernel that is safe to call from several Python threads.
+
+    Under a layer that does not take concurrent parallel regions (see
+    `parallel_launch_needs_lock`) calls wait for each other on one lock (released while
+    waiting, and the kernels run without the GIL); under OpenMP and TBB they go straight
+    to the dispatcher.  Every other attribute is the dispatcher's (``py_func``,
+    ``stats``, ``signatures``...).
+    """
+
+    def __init__(self, dispatcher):
+        self.dispatcher = dispatcher
+        self.__doc__ = dispatcher.__doc__
+
+    def __call__(self, *args):
+        if not parallel_launch_needs_lock():
+            return self.dispatcher(*args)
+        with _PARALLEL_LAUNCH_LOCK:
+            return self.dispatcher(*args)
+
+    def __getattr__(self, name):
+        return getattr(self.dispatcher, name)
+
+    def __repr__(self) -> str:
+        return f"<parallel kernel {self.dispatcher!r}>"
+
+
 def _jit(function, suffix="", **options):
     """``njit(cache=True, nogil=True, **options)`` of a copy of ``function`` named with
     ``suffix``.
@@ -49,7 +134,9 @@ def _jit(function, suffix="", **options):
     options: the serial and ``parallel=True`` builds of one function would load each
     other's machine code, so each build gets its own name.  Where no cache location is
     writable at all (read-only install, read-only home and ``NUMBA_CACHE_DIR``) the
-    kernels compile without a cache instead of failing at import.
+    kernels compile without a cache instead of failing at import, and corrupted cache
+    files are recompiled (`_TolerantCache`).  ``parallel=True`` builds are wrapped in
+    `_ParallelKernel` (safe launches from several Python threads).
     """
     copy = types.FunctionType(function.__code__, function.__globals__,
                               function.__name__ + suffix, function.__defaults__,
@@ -57,9 +144,14 @@ def _jit(function, suffix="", **options):
     copy.__qualname__ = function.__qualname__ + suffix
     copy.__doc__ = function.__doc__
     try:
-        return njit(cache=True, nogil=True, **options)(copy)
+        dispatcher = njit(cache=True, nogil=True, **options)(copy)
     except RuntimeError:  # "cannot cache function ...: no locator available"
-        return njit(nogil=True, **options)(copy)
+        dispatcher = njit(nogil=True, **options)(copy)
+    if isinstance(getattr(dispatcher, "_cache", None), FunctionCache):  # not with NUMBA_DISABLE_JIT
+        dispatcher._cache = _TolerantCache(copy)
+    if options.get("parallel") and not isinstance(dispatcher, types.FunctionType):
+        return _ParallelKernel(dispatcher)
+    return dispatcher
 
 
 def _kernel(**options):
@@ -113,15 +205,17 @@ def _gather_scale(M, rows, cols):
     dtype).  Returns the exponent ``e`` (``M_original = 2**e · M``), or a sentinel:
     ``EMPTY`` for an all-zero block, ``NOT_FINITE`` if it holds NaN or Inf."""
     biggest = 0.0
-    finite = 0.0
+    # Entry by entry: a sum of magnitudes (NaN and Inf propagate) would also overflow
+    # for finite entries near the largest float.  False for NaN: comparisons with NaN are.
+    finite = True
     for j in range(rows):
         for k in range(cols):
             value = M[j, k]
             magnitude = max(abs(value.real), abs(value.imag))
-            finite += abs(value.real) + abs(value.imag)  # NaN and Inf propagate here
+            finite &= (abs(value.real) < np.inf) & (abs(value.imag) < np.inf)
             if magnitude > biggest:
                 biggest = magnitude
-    if not finite < np.inf:
+    if not finite:
         return NOT_FINITE
     if biggest == 0.0:
         return EMPTY
@@ -200,6 +294,7 @@ def _top_left_vector_2(M, rows, cols, u, v):
         inv = 1.0 / math.sqrt(_times(M, rows, cols, v, u))
         for j in range(rows):
             u[j] *= inv
+    return p + s  # ‖M‖² = trace G
 
 
 @_kernel()
@@ -344,14 +439,18 @@ def _split_rank_one_py(node, columns, b1, c1, batch, left, right, sigma_power, t
                     for k2 in range(c2):
                         right[i * c1 + k1, j2, k2, t] = 0.0
                     continue
-                norm2 = 0.0
-                for j1 in range(b1):
-                    acc = 0.0
-                    for k2 in range(c2):
-                        acc += _abs2(M[j1, k2])
-                    row_norm2[j1] = acc
-                    norm2 += acc
-                _top_left_vector(M, b1, c2, row_norm2, norm2, u, v, w, tol)
+                if min(b1, c2) == 2:
+                    # closed form; it computes ‖M‖² itself (one pass less over M)
+                    norm2 = _top_left_vector_2(M, b1, c2, u, v)
+                else:
+                    norm2 = 0.0
+                    for j1 in range(b1):
+                        acc = 0.0
+                        for k2 in range(c2):
+                            acc += _abs2(M[j1, k2])
+                        row_norm2[j1] = acc
+                        norm2 += acc
+                    _top_left_vector(M, b1, c2, row_norm2, norm2, u, v, w, tol)
                 sigma2 = _adjoint_times(M, b1, c2, u, w)
                 residual2 = max(norm2 - sigma2, 0.0)
                 if residual2 < CANCELLATION * norm2:
@@ -373,63 +472,381 @@ def _split_rank_one_py(node, columns, b1, c1, batch, left, right, sigma_power, t
         chunk_bad[chunk] = bad
 
 
-def _split_rank_r_py(node, columns, b1, c1, rank, left, right, sigma_power,
-                     n_chunks, chunk_norm2, chunk_residual2, chunk_exponent, chunk_bad):
+# Rank-r split: Gram matrix of each block's shorter side, subspace iteration on it, one
+# refinement step against the block itself, then a one-sided Jacobi rotation of the r
+# vectors into singular vectors (see `_split_rank_r_py`).
+# A vector whose Gram-Schmidt remainder is below this fraction of its norm is numerically
+# dependent on the previous ones, and is replaced by a fresh orthogonal direction.
+DEPENDENT = 1e-13
+# The one-sided Jacobi rotation of r vectors stops when every pair is orthogonal to this
+# relative accuracy (it converges quadratically: a few sweeps).
+JACOBI_TOL = 1e-15
+MAX_JACOBI_SWEEPS = 30
+# Subspace iteration steps per row of the Gram matrix (times p / r) after which a dense
+# eigensolver (LAPACK) is cheaper than iterating on.
+EIGH_STEPS_PER_ROW = 2
+
+
+@_kernel()
+def _project_out(Z, k, n):
+    """``Z[k] -= Σ_{m<k} (Z[m]ᴴ Z[k]) Z[m]`` over the first ``n`` entries (rows ``m < k``
+    orthonormal; modified Gram-Schmidt)."""
+    for m in range(k):
+        coefficient = np.conj(Z[m, 0]) * Z[k, 0]
+        for j in range(1, n):
+            coefficient += np.conj(Z[m, j]) * Z[k, j]
+        for j in range(n):
+            Z[k, j] -= coefficient * Z[m, j]
+
+
+@_kernel()
+def _row_norm(Z, k, n):
+    total = 0.0
+    for j in range(n):
+        total += _abs2(Z[k, j])
+    return math.sqrt(total)
+
+
+@_kernel()
+def _orthonormalize_rows(Z, r, n):
+    """Make rows ``0..r-1`` of ``Z`` (length ``n >= r``) orthonormal, in order.
+
+    Gram-Schmidt repeated while a pass removes more than half of the norm ("twice is
+    enough").  A row numerically dependent on the previous ones (a block of rank below
+    ``r``) is replaced by the coordinate vector they cover least, orthogonalised: the
+    rows must stay an orthonormal basis, whichever direction fills it.
+    """
+    for k in range(r):
+        original = _row_norm(Z, k, n)
+        norm = original
+        for _ in range(3):
+            before = norm
+            _project_out(Z, k, n)
+            norm = _row_norm(Z, k, n)
+            if norm > 0.5 * before:
+                break
+        if not norm > DEPENDENT * original:
+            best = 0
+            best_cover = np.inf
+            for j in range(n):
+                cover = 0.0
+                for m in range(k):
+                    cover += _abs2(Z[m, j])
+                if cover < best_cover:
+                    best_cover = cover
+                    best = j
+            for j in range(n):
+                Z[k, j] = 0.0
+            Z[k, best] = 1.0
+            _project_out(Z, k, n)
+            _project_out(Z, k, n)
+            norm = _row_norm(Z, k, n)
+        inv = 1.0 / norm
+        for j in range(n):
+            Z[k, j] *= inv
+
+
+@_kernel()
+def _gram(A, p, q, G):
+    """``G = A Aᴴ`` (p × p) from the contiguous rows of ``A`` (p × q); returns
+    ``‖A‖² = trace G``."""
+    trace = 0.0
+    for j in range(p):
+        for l in range(j + 1):
+            acc = A[j, 0] * np.conj(A[l, 0])
+            for k in range(1, q):
+                acc += A[j, k] * np.conj(A[l, k])
+            G[j, l] = acc
+            G[l, j] = np.conj(acc)
+        trace += G[j, j].real
+    return trace
+
+
+@_kernel()
+def _top_subspace(G, p, r, norm2, Q, Z, diag, tol):
+    """Rows ``0..r-1`` of ``Q``: an orthonormal basis of the top-``r`` eigenvector space
+    of the Hermitian positive semidefinite ``G`` (p × p, ``‖A‖² = trace G = norm2``).
+
+    Start: the columns of ``G`` a pivoted Cholesky factorisation picks (largest
+    remaining diagonal first), which span the whole range of ``G`` when ``G`` has rank
+    ``r``, so exact low-rank blocks converge in one step.  Then subspace iteration
+    ``Q ← orth(G Q)`` with the stopping rule of `_top_left_vector` on the captured
+    energy ``σ² = trace(Qᴴ G Q)`` (``‖A‖² − σ²`` is the block's squared error).
+    ``Z`` (r × p) and ``diag`` (p) are workspace.
+    """
+    for j in range(p):
+        diag[j] = G[j, j].real
+    for k in range(r):
+        pivot = 0
+        for j in range(1, p):
+            if diag[j] > diag[pivot]:
+                pivot = j
+        # row k of the Cholesky factor: G[:, pivot] minus the previous rows' share
+        scale = 1.0 / math.sqrt(diag[pivot]) if diag[pivot] > 0.0 else 0.0
+        for j in range(p):
+            value = np.conj(G[pivot, j])
+            for m in range(k):
+                value -= Q[m, j] * np.conj(Q[m, pivot])
+            Q[k, j] = value * scale
+        for j in range(p):
+            diag[j] -= _abs2(Q[k, j])
+        diag[pivot] = -1.0  # never picked twice
+    _orthonormalize_rows(Q, r, p)
+    sigma2_old = 0.0
+    increase_old = 0.0
+    ratio_old = 0.0
+    # Slow convergence (flat spectra, as in blocks of pure noise) costs p² r per step:
+    # after as many steps as a dense eigensolver of G costs (~p³), take that instead.
+    budget = 8 + (EIGH_STEPS_PER_ROW * p) // r
+    for step in range(MAX_POWER_STEPS):
+        if step == budget:
+            _, vectors = np.linalg.eigh(G)  # eigenvalues ascending
+            for rho in range(r):
+                for j in range(p):
+                    Q[rho, j] = vectors[j, p - 1 - rho]
+            return
+        sigma2 = 0.0
+        for rho in range(r):
+            for j in range(p):
+                acc = G[j, 0] * Q[rho, 0]
+                for l in range(1, p):
+                    acc += G[j, l] * Q[rho, l]
+                Z[rho, j] = acc
+                sigma2 += (np.conj(Q[rho, j]) * acc).real
+        error2 = norm2 - sigma2
+        increase = sigma2 - sigma2_old
+        if error2 <= 8.0 * tol * norm2 or increase <= tol * sigma2:
+            return
+        ratio = increase / increase_old if increase_old > 0.0 else 0.0
+        # The geometric tail only once the increases decay geometrically: two
+        # consecutive ratios that agree (far from the top subspace the first
+        # increases shrink faster than the asymptotic rate, which would stop early).
+        if 0.0 < ratio < 1.0 and 0.8 * ratio_old <= ratio <= 1.25 * ratio_old:
+            slowest = max(ratio, ratio_old)
+            if slowest < 1.0 and increase * slowest / (1.0 - slowest) <= RESIDUAL_TOL * error2:
+                return
+        sigma2_old = sigma2
+        increase_old = increase
+        ratio_old = ratio
+        for rho in range(r):
+            for j in range(p):
+                Q[rho, j] = Z[rho, j]
+        _orthonormalize_rows(Q, r, p)
+
+
+@_kernel()
+def _refine(A, p, q, Q, r, V, Y):
+    """From the left basis ``Q`` (r × p): ``V`` (r × q) an orthonormal basis of the
+    rows of ``Qᴴ A`` and ``Y = (A V̄ᵀ)ᵀ``, i.e. ``Y[ρ] = A v_ρ``; ``Σ_ρ y_ρ v_ρᴴ`` is the
+    approximation ``A V Vᴴ``.
+
+    Why the extra step: ``Q`` comes from the Gram matrix, whose rounding error is
+    ``ε σ₁²``, so its weak directions are only accurate to ``ε σ₁² / σ_r²``.  ``Aᴴ Q`` lies
+    in the row space of ``A`` up to ``ε σ₁`` whatever ``Q``'s error within it, which
+    brings exact low-rank blocks back to the accuracy of an SVD (``ε ‖A‖``).
+    """
+    for rho in range(r):
+        for k in range(q):
+            V[rho, k] = 0.0
+        for j in range(p):
+            coefficient = Q[rho, j]
+            for k in range(q):
+                V[rho, k] += np.conj(A[j, k]) * coefficient
+    _orthonormalize_rows(V, r, q)
+    for rho in range(r):
+        for j in range(p):
+            acc = A[j, 0] * V[rho, 0]
+            for k in range(1, q):
+                acc += A[j, k] * V[rho, k]
+            Y[rho, j] = acc
+
+
+@_kernel()
+def _jacobi_rows(Y, p, V, q, r, sigma):
+    """Rotate the pairs ``(y_ρ, v_ρ)`` by one unitary ``J`` (``Y ← Jᵀ Y``,
+    ``V ← Jᵀ V``; ``Σ y_ρ v_ρᴴ`` is unchanged) until the ``y_ρ`` are orthogonal: then
+    ``y_ρ = σ_ρ u_ρ`` and the ``v_ρ`` are right singular vectors.  One-sided Jacobi, on
+    ``Y`` itself rather than its Gram matrix, so no accuracy is lost to squaring.
+    ``sigma[ρ] = ‖y_ρ‖`` on return."""
+    for _ in range(MAX_JACOBI_SWEEPS):
+        rotated = False
+        for k in range(r - 1):
+            for l in range(k + 1, r):
+                alpha = 0.0
+                beta = 0.0
+                gamma = np.conj(Y[k, 0]) * Y[l, 0]
+                for j in range(p):
+                    alpha += _abs2(Y[k, j])
+                    beta += _abs2(Y[l, j])
+                for j in range(1, p):
+                    gamma += np.conj(Y[k, j]) * Y[l, j]
+                g = abs(gamma)
+                if g == 0.0 or g <= JACOBI_TOL * math.sqrt(alpha * beta):
+                    continue
+                rotated = True
+                # y_l ← y_l·conj(γ/|γ|) makes γ real; then a real rotation zeroes it:
+                # tan θ is the small root of t² + 2ζt − 1 = 0, ζ = (β − α) / 2|γ|.
+                phase = np.conj(gamma / g)
+                zeta = (beta - alpha) / (2.0 * g)
+                t = math.copysign(1.0, zeta) / (abs(zeta) + math.sqrt(1.0 + zeta * zeta))
+                c = 1.0 / math.sqrt(1.0 + t * t)
+                s = c * t
+                for j in range(p):
+                    y_k = Y[k, j]
+                    y_l = Y[l, j] * phase
+                    Y[k, j] = c * y_k - s * y_l
+                    Y[l, j] = s * y_k + c * y_l
+                for j in range(q):
+                    v_k = V[k, j]
+                    v_l = V[l, j] * phase
+                    V[k, j] = c * v_k - s * v_l
+                    V[l, j] = s * v_k + c * v_l
+        if not rotated:
+            break
+    for rho in range(r):
+        sigma[rho] = _row_norm(Y, rho, p)
+
+
+@_kernel()
+def _low_rank_residual2(A, p, q, Y, V, r):
+    """``‖A − Σ_ρ y_ρ v_ρᴴ‖²`` computed directly (accurate when it is tiny)."""
+    total = 0.0
+    for j in range(p):
+        for k in range(q):
+            value = A[j, k]
+            for rho in range(r):
+                value -= Y[rho, j] * np.conj(V[rho, k])
+            total += _abs2(value)
+    return total
+
+
+def _split_rank_r_py(node, columns, b1, c1, rank, batch, left, right, sigma_power, tol,
+                     work, n_chunks, chunk_norm2, chunk_residual2, chunk_exponent,
+                     chunk_bad):
     """Best rank-``rank`` approximation of every block of a two-factor split.
 
     Same blocks and arguments as `_split_rank_one_py`, with a rank ``r``:
     ``left`` is ``(a, b1, c1*r, b2*d)`` and ``right`` is ``(a*c1, r*b2, C2, d)``, and the
     ``ρ``-th singular triplet of block ``(i, k1, j2, t)`` goes to
     ``left[i, j1, k1*r + ρ, j2*d + t]`` and ``right[i*c1 + k1, ρ*b2 + j2, k2, t]``.
-    Each block gets a full thin SVD (LAPACK), so this kernel runs serially: LAPACK's own
-    threads inside a parallel region oversubscribe the cores.
+    ``batch`` is the number of consecutive ``t`` gathered at once (they read contiguous
+    runs of the node).
+
+    Notes
+    -----
+    Each block ``M`` (or ``Mᴴ`` when it is taller than wide) is ``A``, ``p × q`` with
+    ``p <= q``, gathered in the precision of ``work``.  Its ``p × p`` Gram matrix costs
+    ``p² q`` and holds everything the top-``r`` left subspace needs
+    (`_top_subspace`); one product with ``A`` each way (`_refine`) then gives the
+    approximation ``A V Vᴴ`` with the accuracy of an SVD on exact low-rank blocks, and a
+    Jacobi rotation of the ``r`` pairs (`_jacobi_rows`) turns it into singular
+    triplets.  The cost is linear in the block's size for a fixed shorter side (the
+    one-SVD-per-block kernel it replaces spent most of its time in LAPACK's per-call
+    overhead and full decompositions: 3-6x slower on noisy low-rank blocks).  LAPACK
+    is called only for blocks whose subspace iteration is slow (flat spectra, pure
+    noise), on the small ``p × p`` Gram matrix (`_top_subspace`), so the
+    ``parallel=True`` build makes few, small LAPACK calls from its threads.
     """
     a, big_b, big_c, d = node.shape
     b2 = big_b // b1
     c2 = big_c // c1
-    n_blocks = a * c1 * b2 * d
+    transposed = b1 > c2
+    p = c2 if transposed else b1
+    q = b1 if transposed else c2
+    n_batches = (d + batch - 1) // batch
+    n_tasks = a * b2 * c1 * n_batches
     for chunk in prange(n_chunks):
-        M = np.empty((b1, c2), dtype=node.dtype)
+        panel = np.empty((batch, p, q), dtype=work.dtype)
+        G = np.empty((p, p), dtype=work.dtype)
+        Q = np.empty((rank, p), dtype=work.dtype)
+        Z = np.empty((rank, p), dtype=work.dtype)
+        V = np.empty((rank, q), dtype=work.dtype)
+        Y = np.empty((rank, p), dtype=work.dtype)
+        diag = np.empty(p)
+        sigma = np.empty(rank)
+        order = np.empty(rank, dtype=np.int64)
         norm2_sum = 0.0
         residual2_sum = 0.0
         exponent_sum = 0
         bad = 0
-        for block in range(chunk * n_blocks // n_chunks, (chunk + 1) * n_blocks // n_chunks):
-            k1 = block % c1
-            t = (block // c1) % d
-            j2 = (block // (c1 * d)) % b2
-            i = block // (c1 * d * b2)
+        for task in range(chunk * n_tasks // n_chunks, (chunk + 1) * n_tasks // n_chunks):
+            t_first = (task % n_batches) * batch
+            t_count = min(batch, d - t_first)
+            group = task // n_batches
+            k1 = group % c1
+            j2 = (group // c1) % b2
+            i = group // (c1 * b2)
+            # (b1 rows of the node) × (C2 gathered columns) × (t_count contiguous t)
             for j1 in range(b1):
                 row = j1 * b2 + j2
                 for k2 in range(c2):
-                    M[j1, k2] = node[i, row, columns[k1 * c2 + k2], t]
-            exponent = _gather_scale(M, b1, c2)
-            if exponent == NOT_FINITE or exponent == EMPTY:
-                bad += exponent == NOT_FINITE
+                    column = columns[k1 * c2 + k2]
+                    for tt in range(t_count):
+                        value = node[i, row, column, t_first + tt]
+                        if transposed:
+                            panel[tt, k2, j1] = np.conj(value)
+                        else:
+                            panel[tt, j1, k2] = value
+            for tt in range(t_count):
+                t = t_first + tt
+                A = panel[tt]
+                exponent = _gather_scale(A, p, q)
+                if exponent == NOT_FINITE or exponent == EMPTY:
+                    bad += exponent == NOT_FINITE  # reported by the caller
+                    for rho in range(rank):
+                        for j1 in range(b1):
+                            left[i, j1, k1 * rank + rho, j2 * d + t] = 0.0
+                        for k2 in range(c2):
+                            right[i * c1 + k1, rho * b2 + j2, k2, t] = 0.0
+                    continue
+                norm2 = _gram(A, p, q, G)
+                _top_subspace(G, p, rank, norm2, Q, Z, diag, tol)
+                _refine(A, p, q, Q, rank, V, Y)
+                _jacobi_rows(Y, p, V, q, rank, sigma)
+                captured = 0.0
                 for rho in range(rank):
-                    for j1 in range(b1):
-                        left[i, j1, k1 * rank + rho, j2 * d + t] = 0.0
-                    for k2 in range(c2):
-                        right[i * c1 + k1, rho * b2 + j2, k2, t] = 0.0
-                continue
-            U, s, Vh = np.linalg.svd(M, full_matrices=False)
-            norm2 = 0.0
-            residual2 = 0.0
-            for rho in range(s.shape[0]):
-                sigma2 = float(s[rho]) ** 2
-                norm2 += sigma2
-                if rho >= rank:  # the trailing singular values are the residual
-                    residual2 += sigma2
-            norm2_sum, residual2_sum, exponent_sum = _accumulate(
-                norm2_sum, residual2_sum, exponent_sum, norm2, residual2, exponent)
-            for rho in range(rank):  # rank <= min(b1, C2), checked by the caller
-                true_sigma = math.ldexp(float(s[rho]), exponent)
-                left_scale = true_sigma ** sigma_power
-                right_scale = true_sigma ** (1.0 - sigma_power)
-                for j1 in range(b1):
-                    left[i, j1, k1 * rank + rho, j2 * d + t] = U[j1, rho] * left_scale
-                for k2 in range(c2):
-                    right[i * c1 + k1, rho * b2 + j2, k2, t] = Vh[rho, k2] * right_scale
+                    captured += sigma[rho] * sigma[rho]
+                    order[rho] = rho
+                residual2 = max(norm2 - captured, 0.0)
+                if residual2 < CANCELLATION * norm2:
+                    residual2 = _low_rank_residual2(A, p, q, Y, V, rank)
+                norm2_sum, residual2_sum, exponent_sum = _accumulate(
+                    norm2_sum, residual2_sum, exponent_sum, norm2, residual2, exponent)
+                # singular values in decreasing order (insertion sort of r indices)
+                for rho in range(1, rank):
+                    current = order[rho]
+                    position = rho
+                    while position > 0 and sigma[order[position - 1]] < sigma[current]:
+                        order[position] = order[position - 1]
+                        position -= 1
+                    order[position] = current
+                for rr in range(rank):
+                    rho = order[rr]
+                    s = sigma[rho]
+                    column = k1 * rank + rr
+                    right_row = rr * b2 + j2
+                    if s == 0.0:
+                        for j1 in range(b1):
+                            left[i, j1, column, j2 * d + t] = 0.0
+                        for k2 in range(c2):
+                            right[i * c1 + k1, right_row, k2, t] = 0.0
+                        continue
+                    # σ = 2**exponent · s in true units; y_ρ = s u_ρ (scaled units)
+                    true_sigma = math.ldexp(s, exponent)
+                    left_scale = true_sigma ** sigma_power
+                    right_scale = true_sigma ** (1.0 - sigma_power)
+                    if transposed:  # M = Aᴴ ≈ Σ v_ρ y_ρᴴ: u = v_ρ, vᴴ = y_ρᴴ / s
+                        for j1 in range(b1):
+                            left[i, j1, column, j2 * d + t] = V[rho, j1] * left_scale
+                        right_scale /= s
+                        for k2 in range(c2):
+                            right[i * c1 + k1, right_row, k2, t] = np.conj(Y[rho, k2]) * right_scale
+                    else:  # M = A ≈ Σ y_ρ v_ρᴴ: u = y_ρ / s, vᴴ = v_ρᴴ
+                        left_scale /= s
+                        for j1 in range(b1):
+                            left[i, j1, column, j2 * d + t] = Y[rho, j1] * left_scale
+                        for k2 in range(c2):
+                            right[i * c1 + k1, right_row, k2, t] = np.conj(V[rho, k2]) * right_scale
         chunk_norm2[chunk] = norm2_sum
         chunk_residual2[chunk] = residual2_sum
         chunk_exponent[chunk] = exponent_sum
@@ -437,8 +854,13 @@ def _split_rank_r_py(node, columns, b1, c1, rank, left, right, sigma_power,
 
 
 split_rank_r_serial = _jit(_split_rank_r_py, "_serial")
+split_rank_r_parallel = _jit(_split_rank_r_py, "_parallel", parallel=True)
 
 
+# No fastmath anywhere in the split kernels, although reassociation would vectorise their
+# sums (~15% faster): inlined into a kernel it reaches `_gather_scale`, whose two-step
+# scaling then overflows for subnormal blocks, and on the helpers alone freshly compiled
+# and cached code round differently (tests/test_threads.py: bitwise-identical results).
 split_rank_one_serial = _jit(_split_rank_one_py, "_serial")
 split_rank_one_parallel = _jit(_split_rank_one_py, "_parallel", parallel=True)
 
@@ -856,10 +1278,10 @@ class _SuperwordKernel:
         self._dispatcher = dispatcher
         self._compiled = set()  # dtypes of ``packed`` compiled (or loaded from the cache)
 
-    def __call__(self, packed, steps, gather, scatter, x, out, work):
+    def __call__(self, packed, *arguments):
         if packed.dtype not in self._compiled and hasattr(self._dispatcher, "compile"):
-            self._compile(packed, steps, gather, scatter, x, out, work)
-        self._dispatcher(packed, steps, gather, scatter, x, out, work)
+            self._compile(packed, *arguments)
+        self._dispatcher(packed, *arguments)
 
     def _compile(self, *arguments):
         from numba import typeof

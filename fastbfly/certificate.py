@@ -23,15 +23,13 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from . import _errors
 from .butterfly import Butterfly
-from .factorization import _as_matrix, split_errors
+from .factorization import _as_matrix
 from .patterns import Chain
 from .trees import build_tree
 
 __all__ = ["Certificate", "certify"]
-
-# Bytes of the column slices of ``B @ I`` computed at once.
-CHUNK_BYTES = 1 << 23
 
 
 @dataclass(frozen=True)
@@ -63,6 +61,30 @@ class Certificate:
         is proven for ``B`` (`proven_upper_bound`).
     split_seconds, product_seconds : float
         Wall time of the ``L − 1`` two-factor problems and of the product.
+
+    Examples
+    --------
+    A Gaussian matrix is far from any butterfly: the lower bound says no method could
+    do much better than the factorization did.
+
+    >>> import numpy as np, fastbfly
+    >>> Z = np.random.default_rng(0).standard_normal((16, 16))
+    >>> cert = fastbfly.certify(Z, fastbfly.factorize(Z, tree="left-to-right"))
+    >>> cert.n_factors, [round(e, 3) for e in cert.relative_split_errors]
+    (4, [0.515, 0.595, 0.526])
+    >>> round(cert.relative_lower_bound, 3), round(cert.relative_actual_error, 3)
+    (0.595, 0.72)
+    >>> round(cert.ratio, 2), cert.actual_error <= cert.proven_upper_bound
+    (1.21, True)
+
+    The bounds are plain formulas of the fields, so a `Certificate` built by hand shows
+    them exactly (the property examples below use this one):
+
+    >>> from fastbfly import Certificate, Chain
+    >>> cert = Certificate(Chain.square_dyadic(16), split_errors=(3.0, 4.0, 2.0),
+    ...                    norm=10.0, actual_error=5.0, padded_error=5.0)
+    >>> cert.lower_bound, cert.upper_bound, cert.mirrored_upper_bound, cert.ratio
+    (4.0, 22.0, 19.0, 1.25)
     """
 
     chain: Chain
@@ -78,26 +100,63 @@ class Certificate:
     # ------------------------------------------------------------------ bounds
     @property
     def n_factors(self) -> int:
+        """Number of factors ``L`` of the chain.
+
+        Examples
+        --------
+        >>> from fastbfly import Certificate, Chain
+        >>> cert = Certificate(Chain.square_dyadic(16), split_errors=(3.0, 4.0, 2.0),
+        ...                    norm=10.0, actual_error=5.0, padded_error=5.0)
+        >>> cert.n_factors, len(cert.split_errors)
+        (4, 3)
+        """
         return len(self.chain)
 
     @property
     def lower_bound(self) -> float:
         """``max_l E_l``: no product on this chain (with these permutations), from any
-        method, has a smaller error.  0 for a single factor."""
+        method, has a smaller error.  0 for a single factor.
+
+        Examples
+        --------
+        >>> from fastbfly import Certificate, Chain
+        >>> cert = Certificate(Chain.square_dyadic(16), split_errors=(3.0, 4.0, 2.0),
+        ...                    norm=10.0, actual_error=5.0, padded_error=5.0)
+        >>> cert.lower_bound  # max(3, 4, 2)
+        4.0
+        """
         return max(self.split_errors, default=0.0)
 
     @property
     def upper_bound(self) -> float:
         """``Σ_l 2^{L-1-l} E_l``: the error guaranteed by the orthonormalised
         hierarchical algorithm with the left-to-right tree (Le et al. 2025).  At most
-        ``(2^{L-1} − 1)`` times the best error."""
+        ``(2^{L-1} − 1)`` times the best error.
+
+        Examples
+        --------
+        >>> from fastbfly import Certificate, Chain
+        >>> cert = Certificate(Chain.square_dyadic(16), split_errors=(3.0, 4.0, 2.0),
+        ...                    norm=10.0, actual_error=5.0, padded_error=5.0)
+        >>> cert.upper_bound  # 4*3 + 2*4 + 1*2
+        22.0
+        """
         n = self.n_factors
         return float(sum(2.0 ** (n - 1 - l) * e for l, e in enumerate(self.split_errors, 1)))
 
     @property
     def mirrored_upper_bound(self) -> float:
         """``Σ_l 2^{l-1} E_l``: the same guarantee for the right-to-left tree (the
-        left-to-right algorithm on the transposed problem)."""
+        left-to-right algorithm on the transposed problem).
+
+        Examples
+        --------
+        >>> from fastbfly import Certificate, Chain
+        >>> cert = Certificate(Chain.square_dyadic(16), split_errors=(3.0, 4.0, 2.0),
+        ...                    norm=10.0, actual_error=5.0, padded_error=5.0)
+        >>> cert.mirrored_upper_bound  # 1*3 + 2*4 + 4*2
+        19.0
+        """
         return float(sum(2.0 ** (l - 1) * e for l, e in enumerate(self.split_errors, 1)))
 
     @property
@@ -109,6 +168,22 @@ class Certificate:
         ``orthonormalize=True``), ``E_1`` (the exact optimum) for two factors with any
         tree, ``0`` for one factor (all from ``factorize``); ``None`` for other trees, for
         ``orthonormalize=False``, and for butterflies not made by ``factorize``.
+
+        Examples
+        --------
+        >>> import dataclasses
+        >>> from fastbfly import build_tree
+        >>> from fastbfly import Certificate, Chain
+        >>> cert = Certificate(Chain.square_dyadic(16), split_errors=(3.0, 4.0, 2.0),
+        ...                    norm=10.0, actual_error=5.0, padded_error=5.0)
+        >>> print(cert.proven_upper_bound)  # no tree: not from factorize
+        None
+        >>> tree = build_tree("left-to-right", 4).to_nested()
+        >>> dataclasses.replace(cert, tree=tree, orthonormalize=True).proven_upper_bound
+        22.0
+        >>> tree = build_tree("balanced", 4).to_nested()
+        >>> print(dataclasses.replace(cert, tree=tree, orthonormalize=True).proven_upper_bound)
+        None
         """
         n = self.n_factors
         if self.tree is None:
@@ -131,7 +206,16 @@ class Certificate:
         padding): ``B``'s error is at most this many times the best error achievable on
         this chain with these permutations.  1 means provably optimal; ``inf`` when the
         lower bound is 0 but ``B`` is not exact.  Near machine precision the ratio of
-        two rounding errors says nothing."""
+        two rounding errors says nothing.
+
+        Examples
+        --------
+        >>> from fastbfly import Certificate, Chain
+        >>> cert = Certificate(Chain.square_dyadic(16), split_errors=(3.0, 4.0, 2.0),
+        ...                    norm=10.0, actual_error=5.0, padded_error=5.0)
+        >>> cert.ratio  # 5 / 4
+        1.25
+        """
         if self.lower_bound > 0:
             return self.padded_error / self.lower_bound
         return 1.0 if self.padded_error == 0 else math.inf
@@ -142,27 +226,87 @@ class Certificate:
 
     @property
     def relative_split_errors(self) -> tuple:
-        """``E_l / ‖matrix‖_F``."""
+        """``E_l / ‖matrix‖_F``.
+
+        Examples
+        --------
+        >>> from fastbfly import Certificate, Chain
+        >>> cert = Certificate(Chain.square_dyadic(16), split_errors=(3.0, 4.0, 2.0),
+        ...                    norm=10.0, actual_error=5.0, padded_error=5.0)
+        >>> cert.relative_split_errors
+        (0.3, 0.4, 0.2)
+        """
         return tuple(self._relative(e) for e in self.split_errors)
 
     @property
     def relative_lower_bound(self) -> float:
+        """`lower_bound` ``/ ‖matrix‖_F``.
+
+        Examples
+        --------
+        >>> from fastbfly import Certificate, Chain
+        >>> cert = Certificate(Chain.square_dyadic(16), split_errors=(3.0, 4.0, 2.0),
+        ...                    norm=10.0, actual_error=5.0, padded_error=5.0)
+        >>> cert.relative_lower_bound
+        0.4
+        """
         return self._relative(self.lower_bound)
 
     @property
     def relative_upper_bound(self) -> float:
+        """`upper_bound` ``/ ‖matrix‖_F``.
+
+        Examples
+        --------
+        >>> from fastbfly import Certificate, Chain
+        >>> cert = Certificate(Chain.square_dyadic(16), split_errors=(3.0, 4.0, 2.0),
+        ...                    norm=10.0, actual_error=5.0, padded_error=5.0)
+        >>> cert.relative_upper_bound
+        2.2
+        """
         return self._relative(self.upper_bound)
 
     @property
     def relative_mirrored_upper_bound(self) -> float:
+        """`mirrored_upper_bound` ``/ ‖matrix‖_F``.
+
+        Examples
+        --------
+        >>> from fastbfly import Certificate, Chain
+        >>> cert = Certificate(Chain.square_dyadic(16), split_errors=(3.0, 4.0, 2.0),
+        ...                    norm=10.0, actual_error=5.0, padded_error=5.0)
+        >>> cert.relative_mirrored_upper_bound
+        1.9
+        """
         return self._relative(self.mirrored_upper_bound)
 
     @property
     def relative_actual_error(self) -> float:
+        """``actual_error / ‖matrix‖_F``.
+
+        Examples
+        --------
+        >>> from fastbfly import Certificate, Chain
+        >>> cert = Certificate(Chain.square_dyadic(16), split_errors=(3.0, 4.0, 2.0),
+        ...                    norm=10.0, actual_error=5.0, padded_error=5.0)
+        >>> cert.relative_actual_error
+        0.5
+        """
         return self._relative(self.actual_error)
 
     @property
     def relative_padded_error(self) -> float:
+        """``padded_error / ‖matrix‖_F`` (equal to `relative_actual_error` without
+        zero padding).
+
+        Examples
+        --------
+        >>> from fastbfly import Certificate, Chain
+        >>> cert = Certificate(Chain.square_dyadic(16), split_errors=(3.0, 4.0, 2.0),
+        ...                    norm=10.0, actual_error=5.0, padded_error=5.0)
+        >>> cert.relative_padded_error
+        0.5
+        """
         return self._relative(self.padded_error)
 
     # ------------------------------------------------------------------ display
@@ -278,26 +422,36 @@ def certify(matrix, B: Butterfly) -> Certificate:
     are loose in practice: on noisy inputs the error is typically within 10 % of
     ``lower_bound`` while ``upper_bound`` is ``~2^{L-2}`` times larger.
 
-    **Accuracy.**  ``E_l`` are computed in double precision (single-precision inputs
-    are converted) by the package's block kernel (:func:`fastbfly.factorization.
-    split_errors`): iterative top singular pairs stopped within a relative ``1e-9`` of
-    each block's error, residuals recomputed directly where ``‖M‖² − σ₁²`` would
-    cancel.  So the certificate of an exact product is at rounding level, where the
-    bounds hold only up to rounding: for the exact DFT at N = 1024, ``lower_bound`` is
-    ``6e-15 ‖matrix‖`` and ``actual_error`` ``1e-15 ‖matrix‖``.  ``actual_error``
-    uses ``B``'s own products in ``B``'s precision.
+    **Accuracy.**  ``E_l`` are computed in double precision whatever the input's
+    precision (:func:`fastbfly._errors.split_errors`).  Blocks with a side of at most
+    8 get ``σ₁²`` from that side's Gram matrix (closed form or a small ``eigvalsh``):
+    exact to rounding.  Larger blocks use power iteration, stopped when the
+    Kato–Temple inequality proves ``σ₁²`` within ``1e-9`` of the block's error, which
+    applies whenever ``σ₁²`` holds more than half of the block's energy (blocks whose
+    best rank-one error is below 70 % of their norm); for the other blocks the rule
+    is the geometric-tail estimate of the factorization, not a proof (in the tests,
+    Gaussian matrices: within ``1e-7``).  Where ``‖M‖² − σ₁²`` would cancel the error
+    is recomputed from the singular pair, so the certificate of an exact product is
+    at rounding level, where the bounds hold only up to rounding: for the exact DFT at
+    N = 1024, ``lower_bound`` is ``~1e-15 ‖matrix‖`` and so is ``actual_error``.
+    ``actual_error`` is measured in one pass over the matrix, each entry of ``B``'s
+    product formed in double precision from two fused factors (``X_1⋯X_h`` and
+    ``X_{h+1}⋯X_L``, multiplied in ``B``'s precision).
 
-    **Cost.**  ``L − 1`` root splits (one two-factor problem on the whole matrix each;
-    a balanced factorization costs about one) plus one product ``B @ I`` taken in
-    column slices of ``~8 MB``.
+    **Cost.**  ``L − 1`` passes over the matrix for the ``E_l`` (one exact two-factor
+    problem each: no cheaper exact way is known, the blocks of different splits
+    neither nest nor share singular vectors) plus one pass for ``actual_error``, and
+    one gather when ``B`` has permutations.  No factor values are built for the
+    ``E_l``.  A balanced factorization costs about two such passes (its root split
+    and the much smaller nodes below), so ``certify`` costs ``~L/2`` factorizations.
     Measured (2 cores shared with other jobs; noisy DFT, ``σ = 0.1``, bit reversal,
-    ``docs/certificate.md``): at N = 1024, 0.45 s (splits 0.33 s, product 0.12 s), 8
-    times the default factorization (0.055 s); at N = 4096, 6.3 s (splits 4.4 s,
-    product 1.7 s), 18 times the factorization (0.35 s).  The ``L − 1`` root splits each
-    cost about as much as a whole balanced factorization, whose later splits work on
-    much smaller nodes.
-    Memory: one double-precision copy of the matrix when it has a row permutation,
-    padding or single precision, none otherwise.
+    ``docs/certificate.md``, medians of 3, load average 6-7): at N = 1024 (L = 10),
+    0.28 s, 4.5 times the default factorization (0.054 s; 4.3 times in CPU time); at
+    N = 4096 (L = 12), 2.9 s (splits 2.8 s, product 0.12 s), 5.0 times the
+    factorization (0.58 s; 4.8 times in CPU time).  (Before these kernels: 8 and 18
+    times.)
+    Memory: one copy of the matrix when ``B`` has a row or column permutation or zero
+    padding, none otherwise.
 
     A ``B`` on the transpose of a chainable chain (``B.chain.reversed``, e.g.
     ``factorize(...).H``) is certified through the transposed problem, which has the
@@ -352,13 +506,14 @@ def certify(matrix, B: Butterfly) -> Certificate:
             tree = None
 
     started = time.perf_counter()
-    target = _target(matrix, B)  # (M, N) = padded matrix[row_perm], double precision
-    norm = float(np.linalg.norm(target))
-    errors = split_errors(target, chain, B.perm) if len(chain) > 1 else np.empty(0)
+    # (M, N) = padded matrix[row_perm][:, perm]; the padding's entries count as "outside"
+    target, row_inside, column_inside = _target(matrix, B)
+    errors = _errors.split_errors(target, chain) if len(chain) > 1 else np.empty(0)
     split_seconds = time.perf_counter() - started
 
     started = time.perf_counter()
-    actual, padded = _product_errors(matrix, B)
+    norm, actual, padded = _errors.product_errors(
+        target, chain, [f.values for f in B.factors], None, row_inside, column_inside)
     product_seconds = time.perf_counter() - started
     return Certificate(
         chain=chain,
@@ -373,48 +528,31 @@ def certify(matrix, B: Butterfly) -> Certificate:
     )
 
 
-def _target(matrix: np.ndarray, B: Butterfly) -> np.ndarray:
-    """``matrix`` zero-padded to ``B.chain.shape``, rows permuted by ``B.row_perm``, in
-    float64/complex128 (a view of ``matrix`` when nothing changes)."""
-    wide = np.complex128 if matrix.dtype.kind == "c" else np.float64
-    m, n = matrix.shape
-    shape = B.chain.shape
-    if shape == (m, n) and B.row_perm is None:
-        return np.ascontiguousarray(matrix, dtype=wide)
-    target = np.zeros(shape, dtype=wide)
-    if B.row_perm is None:
-        target[:m, :n] = matrix
-        return target
-    # padded[row_perm]: output row i is input row row_perm[i] (zero beyond m)
-    inside = np.flatnonzero(B.row_perm < m)
-    target[inside, :n] = matrix[B.row_perm[inside]]
-    return target
+def _target(matrix: np.ndarray, B: Butterfly) -> tuple:
+    """``(target, row_inside, column_inside)``: ``matrix`` zero-padded to
+    ``B.chain.shape`` with rows and columns permuted by ``B.row_perm`` and ``B.perm``
+    (``matrix`` itself when nothing changes), and which rows and columns of it come from
+    ``matrix`` (``None``: all of them).
 
-
-def _product_errors(matrix: np.ndarray, B: Butterfly) -> tuple:
-    """``‖matrix − B‖_F`` and the error on the padded problem, from ``B @ I`` in column
-    slices (``B``'s chain product over the padded columns, in ``B``'s precision)."""
+    The permuted copy costs one gather (about a tenth of a pass over the matrix per
+    split it saves: the ``L − 1`` splits and the product then read contiguous rows
+    instead of gathering scattered columns each time)."""
     m, n = matrix.shape
     big_m, big_n = B.chain.shape
-    padded_b = B
-    if (big_m, big_n) != (m, n):  # the same product without cutting rows and columns
-        padded_b = Butterfly(B.factors, perm=B.perm, row_perm=B.row_perm)
-    dtype = np.result_type(B.dtype, matrix.dtype)
-    wide = np.complex128 if dtype.kind == "c" else np.float64
-    width = max(8, CHUNK_BYTES // (big_m * dtype.itemsize))
-    inside2 = 0.0
-    outside2 = 0.0
-    for first in range(0, big_n, width):
-        count = min(width, big_n - first)
-        unit = np.zeros((big_n, count), dtype=dtype)
-        unit[first + np.arange(count), np.arange(count)] = 1
-        columns = padded_b.matmat(unit)  # (M, count): columns first.. of the product
-        stop = min(first + count, n)
-        if first < n:
-            difference = columns[:m, : stop - first].astype(wide) - matrix[:, first:stop]
-            inside2 += float(np.vdot(difference, difference).real)
-        outside2 += float(np.vdot(columns[m:], columns[m:]).real)
-        if stop - first < count:
-            extra = columns[:m, stop - first:]
-            outside2 += float(np.vdot(extra, extra).real)
-    return math.sqrt(inside2), math.sqrt(inside2 + outside2)
+    rows, columns = B.row_perm, B.perm
+    if (big_m, big_n) == (m, n):
+        if rows is None and columns is None:
+            return matrix, None, None
+        if rows is None:
+            return np.take(matrix, columns, axis=1), None, None
+        if columns is None:
+            return np.take(matrix, rows, axis=0), None, None
+        return matrix[np.ix_(rows, columns)], None, None
+    rows = np.arange(big_m) if rows is None else rows
+    columns = np.arange(big_n) if columns is None else columns
+    row_inside = rows < m
+    column_inside = columns < n
+    target = np.zeros((big_m, big_n), dtype=matrix.dtype)
+    # target[i, j] = matrix[rows[i], columns[j]] where both are inside, zero elsewhere
+    target[np.ix_(row_inside, column_inside)] = matrix[np.ix_(rows[row_inside], columns[column_inside])]
+    return target, row_inside, column_inside

@@ -10,6 +10,34 @@ import numpy as np
 
 
 def main(argv=None) -> int:
+    """Run the command line ``python -m fastbfly`` with the arguments ``argv``.
+
+    Parameters
+    ----------
+    argv : list of str, optional
+        Default: ``sys.argv[1:]``.
+
+    Returns
+    -------
+    int
+        The exit status: 0 on success, 2 after an error (reported on stderr as
+        ``error: ...``).
+
+    Examples
+    --------
+    >>> import os, tempfile
+    >>> import numpy as np
+    >>> from fastbfly.cli import main
+    >>> folder = tempfile.mkdtemp()
+    >>> np.save(os.path.join(folder, "dft.npy"), np.fft.fft(np.eye(16)))
+    >>> main(["factorize", os.path.join(folder, "dft.npy"), "--perm", "bitrev",
+    ...       "-o", os.path.join(folder, "dft.npz")])  # doctest: +ELLIPSIS
+    <Butterfly 16x16 dtype=complex128 factors=4 nnz=128 perm=yes>
+    relative error ..., 128 stored values (50.00% of dense), saved to ...dft.npz
+    0
+    >>> main(["factorize", os.path.join(folder, "missing.npy"), "-o", "out.npz"])
+    2
+    """
     parser = argparse.ArgumentParser(prog="python -m fastbfly", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
 

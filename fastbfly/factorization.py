@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import math
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numba
 import numpy as np
 
-from . import _kernels
+from . import _errors, _kernels
 from .butterfly import SUPPORTED_DTYPES, Butterfly, Factor
 from .patterns import Chain, Pattern
 from .permutations import bit_reversal_permutation, dao_permutations, validate_permutation
@@ -17,13 +18,25 @@ from .trees import Node, build_tree
 
 __all__ = ["factorize"]
 
-# Node sizes (stored values) from which the rank-one block kernel runs in parallel; below
-# it the serial build wins on 2 cores.
+# Node sizes (stored values) from which the block kernels run in parallel; below it the
+# serial build wins on 2 cores.  (On a loaded machine a parallel region can cost
+# milliseconds when another process holds the second core: 256 x 256 left-to-right took
+# 0.8 ms with a serial root and up to 17 ms with a parallel one.)
 PARALLEL_MIN_NODE_SIZE = 1 << 16
 # Blocks are handed out in this many chunks per thread (load balance vs. overhead).
 CHUNKS_PER_THREAD = 4
 # Bytes of the panel into which each task gathers the rows its blocks share.
 PANEL_BYTES = 1 << 25
+# Matrices of this many entries have their permutation candidates factorized in
+# parallel threads (see `_candidate_workers`).  Measured on 2 cores, "auto" on a noisy
+# DFT: 1.6x faster at N = 256, 1.1x at 512; none at 1024-2048, where the threaded block
+# kernels of the root splits already use both cores, and a loss below 256.
+PARALLEL_CANDIDATES_MIN_SIZE = 1 << 16
+PARALLEL_CANDIDATES_MAX_SIZE = 1 << 18
+# Relative errors closer than this are a tie between permutation candidates.
+CANDIDATE_TIE = 1e-12
+# Bytes of the rank-r kernel's panel of consecutive blocks (kept within the L2 cache).
+RANK_PANEL_BYTES = 1 << 18
 
 
 def factorize(matrix, *, chain=None, n_factors=None, rank=1, tree="balanced", perm=None,
@@ -40,6 +53,11 @@ def factorize(matrix, *, chain=None, n_factors=None, rank=1, tree="balanced", pe
     matrix : (m, n) array_like
         float32, float64, complex64 and complex128 are kept; bool and integer input is
         converted to float64, float16 to float32.  The array is never modified.
+        A `numpy.memmap`, zarr array, h5py dataset, Dask array (any object with
+        ``shape``, a NumPy ``dtype`` and 2-D slicing) or `fastbfly.FunctionMatrix` is
+        streamed instead: the root split reads it in row groups, ``O(N^1.5)`` values in
+        memory for the balanced tree (:func:`fastbfly.sources.factorize_source`; Dask
+        arrays run on Dask, see :mod:`fastbfly.distributed`).
     chain : Chain or sequence of (a, b, c, d), optional
         The factor patterns, left-most first; their product must be ``m × n``.
         Default: the square dyadic butterfly chain when ``m == n`` is a power of two and
@@ -60,11 +78,17 @@ def factorize(matrix, *, chain=None, n_factors=None, rank=1, tree="balanced", pe
         approximates ``matrix`` itself.  Names: ``"identity"``, ``"bitrev"`` (bit
         reversal; the DFT is a butterfly after it), ``"dao8"`` (the eight permutations
         of Dao et al. 2019, pyfaust's ``default_8``, see
-        :func:`fastbfly.permutations.dao_permutations`) and ``"auto"`` (the same eight,
-        which include the identity and the bit reversal; sizes that are not powers of
-        two only have the identity).  With several candidates each is factorized in
-        turn and the one with the smallest error is kept; every candidate's error is in
-        ``B.info["candidates"]``.
+        :func:`fastbfly.dao_permutations`) and ``"auto"`` (the same eight,
+        which include the identity and the bit reversal, labelled ``"identity"`` and
+        ``"bitrev"``; sizes that are not powers of two only have the identity).  With
+        several candidates each is factorized and the one with the smallest error is
+        kept (ties within ``1e-12`` go to the earlier candidate); every candidate's
+        error is in ``B.info["candidates"]``.  For ``2**16`` to ``2**18`` entries, with
+        two or more Numba threads and no ``progress`` callback, the column candidates
+        run in parallel threads (one candidate per thread, each with serial kernels;
+        measured on 2 cores: 1.6 times faster for ``"auto"`` at ``N = 256``, 1.1 at
+        512; at 1024-2048 the threaded kernels of each candidate already use both
+        cores and parallel candidates gain nothing, so they run in turn).
     row_perm : same as ``perm``, optional
         Row permutation: the factors approximate ``matrix[row_perm][:, perm]``.  With
         candidates for both, every pair is tried (the cost multiplies).
@@ -92,12 +116,14 @@ def factorize(matrix, *, chain=None, n_factors=None, rank=1, tree="balanced", pe
     Returns
     -------
     Butterfly
-        ``B.info`` holds ``"relative_error"``: the root-sum-square of the relative
-        errors of all two-factor splits.  With ``orthonormalize`` on and the
-        ``"left-to-right"`` or ``"right-to-left"`` tree every split's error adds
-        orthogonally, so it equals ``‖matrix - B‖_F / ‖matrix‖_F`` (to rounding); for
-        other trees it is an estimate (within a few percent in our tests), and
-        :func:`fastbfly.certify` computes the actual error.  Also ``"tree"``,
+        ``B.info`` holds ``"relative_error"``: ``‖Z − X_1⋯X_L‖_F / ‖Z‖_F`` for
+        ``Z = matrix[row_perm][:, perm]`` (zero-padded with ``pad``), exact to rounding
+        for every tree.  With ``orthonormalize`` on and the ``"left-to-right"`` tree
+        (and for one or two factors) every split's error adds orthogonally, so it is
+        the root-sum-square of the splits' residuals, free; for other trees that sum is
+        off by up to a few percent, so the product's error is measured instead, in one
+        extra pass over the matrix (measured, one thread: 15-25 % of a balanced
+        factorization at ``N = 1024-4096``).  Also ``"tree"``,
         ``"perm"``/``"row_perm"`` (labels of the chosen permutations),
         ``"candidates"`` (every permutation tried, with its error),
         ``"padded_shape"`` and ``"seconds"``.
@@ -128,6 +154,13 @@ def factorize(matrix, *, chain=None, n_factors=None, rank=1, tree="balanced", pe
     >>> len(B.factors), B.nnz
     (6, 768)
     """
+    from . import sources
+
+    if sources.is_source(matrix):  # memmap, zarr, h5py, Dask, FunctionMatrix: streamed
+        return sources.factorize_source(
+            matrix, chain=chain, n_factors=n_factors, rank=rank, tree=tree, perm=perm,
+            row_perm=row_perm, orthonormalize=orthonormalize, pad=pad,
+            memory_limit=memory_limit, progress=progress)
     started = time.perf_counter()
     original = matrix
     matrix = _as_matrix(matrix)
@@ -138,7 +171,11 @@ def factorize(matrix, *, chain=None, n_factors=None, rank=1, tree="balanced", pe
     copies = (matrix is not original and not np.shares_memory(matrix, np.asarray(original)))
     copies += padded != (m, n)
     copies += row_perm is not None
+    scale = _scale_exponent(matrix)
+    copies += scale != 0
     _check_memory(plan, matrix.dtype, padded, copies, memory_limit)
+    if scale:
+        matrix = _ldexp(matrix, -scale)
     if padded != (m, n):
         grown = np.zeros(padded, dtype=matrix.dtype)
         grown[:m, :n] = matrix
@@ -149,13 +186,19 @@ def factorize(matrix, *, chain=None, n_factors=None, rank=1, tree="balanced", pe
     best = None
     tried = []
     for row_label, rows in row_candidates:
-        permuted = matrix if rows is None else matrix[rows]
-        for column_label, columns in column_candidates:
-            factors, error = _hierarchical(permuted, chain, root, plan, columns, orthonormalize, progress)
+        permuted = matrix if rows is None else matrix[rows]  # one row copy at a time
+        results = _run_candidates(permuted, chain, root, plan, column_candidates, orthonormalize,
+                                  progress)
+        for (column_label, columns), (factors, error) in zip(column_candidates, results):
             tried.append({"row_perm": row_label, "perm": column_label, "relative_error": error})
-            if best is None or error < best[0]:
+            # Ties within rounding go to the earlier candidate, so the choice does not
+            # depend on the last bits (the DFT is exact with two of the eight "auto" ones).
+            if best is None or error < best[0] - CANDIDATE_TIE:
                 best = (error, factors, rows, columns, row_label, column_label)
     error, factors, rows, columns, row_label, column_label = best
+    if scale:  # undo the scaling, spread evenly over the factors
+        shares = [scale * (l + 1) // len(factors) - scale * l // len(factors) for l in range(len(factors))]
+        factors = [Factor(f.pattern, _ldexp(f.values, share)) for f, share in zip(factors, shares)]
     info = {
         "relative_error": error,
         "tree": root.to_nested(),
@@ -167,6 +210,90 @@ def factorize(matrix, *, chain=None, n_factors=None, rank=1, tree="balanced", pe
         "seconds": time.perf_counter() - started,
     }
     return Butterfly(factors, perm=columns, row_perm=rows, info=info, shape=(m, n))
+
+
+def _run_candidates(permuted, chain, root, plan, candidates, orthonormalize, progress) -> list:
+    """Factorize ``permuted[:, columns]`` for every ``(label, columns)`` candidate:
+    ``[(factors, relative error), ...]`` in the candidates' order.
+
+    The error is exact (to rounding): the residual sum of `_hierarchical` where it is
+    exact (`_residual_sum_is_exact`), else one pass over the matrix
+    (`_exact_relative_error`).  Several candidates run in parallel threads, each with
+    Numba's serial kernels (`_candidate_workers` says when); the results, including the
+    bits of the errors, depend only on the sizes and the thread count.
+    """
+    exact_sum = _residual_sum_is_exact(root, orthonormalize, chain)
+
+    def solve(columns):
+        factors, error = _hierarchical(permuted, chain, root, plan, columns, orthonormalize, progress)
+        if not exact_sum:
+            error = _exact_relative_error(permuted, chain, factors, columns)
+        return factors, error
+
+    workers = _candidate_workers(len(candidates), permuted.size, progress)
+    if workers <= 1:
+        return [solve(columns) for _, columns in candidates]
+
+    def solve_in_worker(columns):
+        numba.set_num_threads(1)  # thread-local: this worker runs the serial kernels
+        return solve(columns)
+
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        return list(pool.map(solve_in_worker, [columns for _, columns in candidates]))
+
+
+def _candidate_workers(n_candidates: int, size: int, progress) -> int:
+    """Threads over which to spread the permutation candidates (1: one after another).
+
+    Worth it between ``PARALLEL_CANDIDATES_MIN_SIZE`` and ``PARALLEL_CANDIDATES_MAX_SIZE``
+    entries: the kernels release the GIL (``nogil``), and whole candidates in parallel
+    keep both cores busy also in the small nodes, where the threaded kernels fall back
+    to serial ones; above, the root splits' threaded kernels already do.  Not with a ``progress``
+    callback (its calls would interleave, and ``KeyboardInterrupt`` must stop the work),
+    nor with Numba's ``workqueue`` threading layer (it aborts on concurrent use) or
+    before the threading layer is known (the first parallel kernel run picks it).
+    """
+    threads = numba.get_num_threads()
+    if (n_candidates < 2 or threads < 2 or progress is not None
+            or not PARALLEL_CANDIDATES_MIN_SIZE <= size <= PARALLEL_CANDIDATES_MAX_SIZE):
+        return 1
+    try:
+        layer = numba.threading_layer()
+    except ValueError:  # no parallel kernel has run yet in this process
+        return 1
+    if layer == "workqueue":
+        return 1
+    return min(threads, n_candidates)
+
+
+def _residual_sum_is_exact(root: Node, orthonormalize: bool, chain: Chain) -> bool:
+    """Whether the root-sum-square of the splits' residuals is the global error.
+
+    True for one or two factors, and for the orthonormalised left-to-right tree on
+    rank-one chains: there every split peels a leaf off the left, whose columns are
+    orthonormal, so the rest of the error is mapped isometrically and is orthogonal to
+    the split's residual (DESIGN.md §4).  For other trees the errors of later splits
+    pass through factors whose rows are not orthonormal and have cross terms with
+    earlier residuals (measured: up to 3 % off for the balanced tree, 6e-5 for
+    right-to-left, 2e-7 for left-to-right on a rank-2 chain).
+    """
+    if len(chain) <= 2:
+        return True
+    if not orthonormalize or any(rank != 1 for rank in chain.ranks):
+        return False
+    node = root
+    while not node.is_leaf:
+        if not node.left.is_leaf:
+            return False
+        node = node.right
+    return True
+
+
+def _exact_relative_error(permuted, chain: Chain, factors, columns) -> float:
+    """``‖permuted[:, columns] − X_1⋯X_L‖_F / ‖permuted‖_F`` in one pass over the matrix
+    (see :func:`fastbfly._errors.product_errors`)."""
+    norm, _, total = _errors.product_errors(permuted, chain, [f.values for f in factors], columns)
+    return total / norm if norm > 0 else 0.0
 
 
 def _as_matrix(matrix) -> np.ndarray:
@@ -192,6 +319,40 @@ def _as_matrix(matrix) -> np.ndarray:
     if array.size == 0:
         raise ValueError(f"matrix must not be empty, got shape {array.shape}")
     return np.ascontiguousarray(array)
+
+
+def _scale_exponent(matrix: np.ndarray) -> int:
+    """``e`` such that `factorize` should work on ``matrix / 2**e`` (0: as it is).
+
+    The block kernels scale every block exactly, but the values passed between tree
+    levels (singular values of whole blocks, the column norms pushed right) are in the
+    matrix's units: they overflow for entries near the largest float, and lose bits as
+    subnormals for tiny ones.  Matrices whose largest entry is within a quarter of the
+    exponent range of either end are therefore factorized scaled to ``[0.5, 1)``, and
+    the power of two is given back to the factors.  NaN and Inf: 0 (refused later).
+    """
+    # max/min of the real and imaginary parts: no temporary array, and no overflow of
+    # |z| for complex entries near the largest float.
+    parts = (matrix.real, matrix.imag) if matrix.dtype.kind == "c" else (matrix,)
+    biggest = max(max(float(part.max()), -float(part.min())) for part in parts)
+    if not np.isfinite(biggest) or biggest == 0.0:
+        return 0
+    exponent = math.frexp(biggest)[1]
+    limits = np.finfo(matrix.dtype)
+    margin = limits.maxexp // 4
+    if limits.minexp + margin <= exponent <= limits.maxexp - margin:
+        return 0
+    return exponent
+
+
+def _ldexp(values: np.ndarray, exponent: int) -> np.ndarray:
+    """A new array ``values * 2**exponent``, exact unless results are subnormal."""
+    if values.dtype.kind != "c":
+        return np.ldexp(values, exponent)
+    out = np.empty_like(values)
+    np.ldexp(values.real, exponent, out=out.real)
+    np.ldexp(values.imag, exponent, out=out.imag)
+    return out
 
 
 def _resolve_chain(chain, shape, n_factors, rank, pad):
@@ -294,7 +455,10 @@ def _named_perms(label: str, n: int, name: str) -> list:
     if label == "dao8" or (label == "auto" and power_of_two and n >= 4):
         if not power_of_two:
             raise ValueError(f"{name}='dao8' needs a power-of-two size, got {n}")
-        return list(zip(DAO_NAMES, dao_permutations(n)))
+        # "auto" names the two that have names of their own ("000" is the identity,
+        # "001" the bit reversal: see dao_permutations)
+        names = DAO_NAMES if label == "dao8" else ("identity", "bitrev") + DAO_NAMES[2:]
+        return list(zip(names, dao_permutations(n)))
     if label == "auto":
         return [("identity", None)]
     raise ValueError(
@@ -351,8 +515,12 @@ def _plan(chain: Chain, root: Node, orthonormalize: bool) -> dict:
 
 
 def _hierarchical(matrix, chain: Chain, root: Node, plan: dict, perm, orthonormalize: bool,
-                  progress):
+                  progress, root_split=None):
     """Factorize ``matrix[:, perm]`` on ``chain`` along the tree ``root``.
+
+    ``root_split``, if given, replaces `_split` at the root (same arguments, node values
+    ``None``; ``matrix`` then only needs ``shape`` and ``dtype``): the out-of-core path
+    of :mod:`fastbfly.sources` streams the matrix there.
 
     Returns the factors (left-most first) and the relative error from the block
     residuals.
@@ -362,6 +530,7 @@ def _hierarchical(matrix, chain: Chain, root: Node, plan: dict, perm, orthonorma
     # squared norms in units of 4**exponent, as (value, exponent) pairs
     state = {"normalized": 0, "residuals": [], "splits": 0, "norm2": None}
     sigma_power = 1.0 if orthonormalize else 0.5
+    pool = _NodePool(matrix.dtype)
 
     def normalize_left_of(node_values, start):
         # Make X_1 ⋯ X_{start-1} column-orthonormal block by block by orthonormalizing
@@ -380,9 +549,19 @@ def _hierarchical(matrix, chain: Chain, root: Node, plan: dict, perm, orthonorma
             values[node.start] = node_values
             return
         split = plan[(node.start, node.stop)]
-        left = np.empty(tuple(split.left), dtype=matrix.dtype)
-        right = np.empty(tuple(split.right), dtype=matrix.dtype)
-        norm2, residual2, exponent, bad = _split(node_values, columns, split, left, right, sigma_power)
+        left = pool.take(tuple(split.left), node.left.is_leaf)
+        right = pool.take(tuple(split.right), node.right.is_leaf)
+        kernel = root_split if root_split is not None and node is root else _split
+        # A left leaf with every factor left of it already normalized can take the
+        # singular vectors themselves (σ**0 u) and the right side σ vᴴ: that is exactly
+        # what pushing its column frames would produce, without the pass over the
+        # right child it costs (the N²/2, N²/4, ... remainders of a left-to-right tree).
+        orthonormal_leaf = orthonormalize and node.left.is_leaf and state["normalized"] == node.start
+        power = 0.0 if orthonormal_leaf else sigma_power
+        norm2, residual2, exponent, bad = kernel(node_values, columns, split, left, right, power)
+        pool.release(node_values)  # split: its values are dead
+        if orthonormal_leaf:
+            state["normalized"] = node.start + 1
         if state["norm2"] is None:
             state["norm2"] = (norm2, exponent)
             if bad:
@@ -400,11 +579,56 @@ def _hierarchical(matrix, chain: Chain, root: Node, plan: dict, perm, orthonorma
             _raise_not_finite(matrix)
         leaf = np.ascontiguousarray(matrix[:, columns]).reshape(tuple(chain[0]))
         return [Factor(chain[0], leaf)], 0.0
-    solve(matrix.reshape(1, m, n, 1), root, columns)
+    try:
+        solve(None if root_split is not None else matrix.reshape(1, m, n, 1), root, columns)
+    finally:
+        # `solve` refers to itself, so its closure (and the pool) is only freed by the
+        # cycle collector: drop the buffers now.
+        pool.clear()
     norm2, norm_exponent = state["norm2"]
     relative2 = sum(math.ldexp(r, 2 * (e - norm_exponent)) for r, e in state["residuals"])
     error = math.sqrt(relative2 / norm2) if norm2 > 0 else 0.0
     return [Factor(p, v) for p, v in zip(chain, values)], error
+
+
+class _NodePool:
+    """Memory for the values of inner tree nodes, reused once a node has been split.
+
+    A left-to-right tree splits off one factor at a time, leaving remainders of
+    ``N²/2, N²/4, …`` values: with the pool they live in two buffers allocated once
+    (ping-pong: a node's children cannot use its own buffer, its grandchildren can),
+    instead of a fresh allocation per split, each of whose pages faults on first
+    write, and all of them alive at once down the recursion.  Leaves become the
+    factors and get memory of their own.
+    """
+
+    def __init__(self, dtype):
+        self.dtype = dtype
+        self.free = []  # 1-D buffers of dead nodes
+        self.owners = {}  # id(node view) -> (node view, its buffer)
+
+    def take(self, shape: tuple, leaf: bool) -> np.ndarray:
+        size = math.prod(shape)
+        if leaf:
+            return np.empty(shape, dtype=self.dtype)
+        fitting = [k for k, buffer in enumerate(self.free) if buffer.size >= size]
+        if fitting:
+            buffer = self.free.pop(min(fitting, key=lambda k: self.free[k].size))
+        else:
+            buffer = np.empty(size, dtype=self.dtype)
+        view = buffer[:size].reshape(shape)
+        self.owners[id(view)] = (view, buffer)
+        return view
+
+    def release(self, view) -> None:
+        """Hand back the buffer of a node taken from the pool (anything else: no-op)."""
+        entry = self.owners.pop(id(view), None)
+        if entry is not None:
+            self.free.append(entry[1])
+
+    def clear(self) -> None:
+        self.free.clear()
+        self.owners.clear()
 
 
 def estimate_memory(plan: dict, dtype, shape, input_copies: int) -> int:
@@ -464,17 +688,21 @@ def _split(node_values, columns, split: _Split, left, right, sigma_power):
     a, big_b, _, d = node_values.shape
     b1, c1, c2 = split.b1, split.c1, split.c2
     threads = numba.get_num_threads()
+    # Singular vectors in double precision whatever the data's precision.
+    work = np.zeros(1, dtype=np.complex128 if node_values.dtype.kind == "c" else np.float64)
+    tol = 8.0 * np.finfo(np.float64).eps
+    parallel = node_values.size >= PARALLEL_MIN_NODE_SIZE and threads > 1
     if split.rank > 1:
-        n_chunks = 1
-        args = (node_values, columns, b1, c1, split.rank, left, right, sigma_power, n_chunks)
-        kernel = _kernels.split_rank_r_serial
+        # consecutive t of one block group, gathered together, read contiguous runs
+        batch = max(1, min(d, RANK_PANEL_BYTES // (b1 * c2 * work.itemsize)))
+        n_tasks = a * (big_b // b1) * c1 * -(-d // batch)
+        n_chunks = min(n_tasks, CHUNKS_PER_THREAD * threads) if parallel else 1
+        kernel = _kernels.split_rank_r_parallel if parallel else _kernels.split_rank_r_serial
+        args = (node_values, columns, b1, c1, split.rank, batch, left, right, sigma_power, tol,
+                work, n_chunks)
     else:
-        # Singular vectors in double precision whatever the data's precision.
-        work = np.zeros(1, dtype=np.complex128 if node_values.dtype.kind == "c" else np.float64)
-        tol = 8.0 * np.finfo(np.float64).eps
         batch = max(1, min(c1, PANEL_BYTES // (b1 * c2 * node_values.itemsize)))
         n_tasks = a * (big_b // b1) * d * -(-c1 // batch)
-        parallel = node_values.size >= PARALLEL_MIN_NODE_SIZE and threads > 1
         n_chunks = min(n_tasks, CHUNKS_PER_THREAD * threads) if parallel else 1
         kernel = _kernels.split_rank_one_parallel if parallel else _kernels.split_rank_one_serial
         args = (node_values, columns, b1, c1, batch, left, right, sigma_power, tol, work, n_chunks)
@@ -503,7 +731,14 @@ def _push_column_frames(factor_values: np.ndarray, target: np.ndarray, rank: int
     if rank == 1:
         # (a, b, c, d) -> (a, c, d): norm of every column; hypot avoids overflow.
         norms = np.hypot.reduce(np.abs(factor_values), axis=1)
-        factor_values /= np.where(norms > 0, norms, 1.0)[:, None, :, :]
+        divisors = np.where(norms > 0, norms, 1.0)[:, None, :, :]
+        if factor_values.dtype.kind == "c":
+            # Part by part: numpy's complex division overflows (Inf/NaN) for subnormal
+            # divisors, real division is exact to rounding.
+            factor_values.real /= divisors
+            factor_values.imag /= divisors
+        else:
+            factor_values /= divisors
         target *= norms.reshape(ta, tb, 1, td)
         return
     # (a, b, c, d) -> (a, c/r, d, b, r): one b × r matrix per column group
@@ -523,27 +758,3 @@ def _raise_not_finite(matrix):
         f"matrix contains NaN or Inf ({len(where)} entries, first at index "
         f"{tuple(int(i) for i in where[0])}); factorize needs finite values"
     )
-
-
-def split_errors(matrix, chain: Chain, perm=None) -> np.ndarray:
-    """``E_l = min ‖matrix[:, perm] - A B‖_F`` over ``A`` on ``fuse(π_1..π_l)`` and ``B``
-    on ``fuse(π_{l+1}..π_L)``, for ``l = 1..L-1`` (absolute, not relative).
-
-    Each is one exact two-factor problem (independent blocks, truncated SVD), so the
-    cost is ``L - 1`` root splits.  Every product on the chain is also such a
-    two-factor product, so ``max_l E_l`` bounds the best achievable error from below.
-    ``matrix`` must already be validated and of the chain's shape.
-    """
-    m, n = matrix.shape
-    columns = _identity(n) if perm is None else perm
-    errors = np.empty(len(chain) - 1)
-    for split_at in range(1, len(chain)):
-        node = Node(0, len(chain), Node(0, split_at), Node(split_at, len(chain)))
-        split = _plan(chain, node, orthonormalize=False)[(0, len(chain))]
-        left = np.empty(tuple(split.left), dtype=matrix.dtype)
-        right = np.empty(tuple(split.right), dtype=matrix.dtype)
-        _, residual2, exponent, bad = _split(matrix.reshape(1, m, n, 1), columns, split, left, right, 0.5)
-        if bad:
-            _raise_not_finite(matrix)
-        errors[split_at - 1] = math.ldexp(math.sqrt(residual2), exponent)
-    return errors

@@ -69,11 +69,46 @@ def save(path, butterfly: Butterfly) -> None:
 def load(path) -> Butterfly:
     """Read a `Butterfly` written by :func:`save`.
 
+    The file is read with ``allow_pickle=False`` and every array is checked before the
+    `Butterfly` is built, so a foreign or damaged file gives a ``ValueError``, never
+    wrong products.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        A file written by :func:`save`.
+
+    Returns
+    -------
+    Butterfly
+        With the saved factors, permutations and shape (``info`` is not saved).
+
     Raises
     ------
+    FileNotFoundError, IsADirectoryError, PermissionError
+        As :func:`open` does.
     ValueError
         If the file is not a fastbfly file, has an unsupported version, is truncated or
-        corrupted, or its patterns, values and permutations do not agree.
+        corrupted, its patterns, values and permutations do not agree, or its values
+        hold NaN or Inf.
+
+    Examples
+    --------
+    >>> import os, tempfile
+    >>> import numpy as np, fastbfly
+    >>> folder = tempfile.mkdtemp()
+    >>> B = fastbfly.dft_butterfly(16)
+    >>> fastbfly.save(os.path.join(folder, "dft16.npz"), B)
+    >>> C = fastbfly.load(os.path.join(folder, "dft16.npz"))
+    >>> C
+    <Butterfly 16x16 dtype=complex128 factors=4 nnz=128 perm=yes>
+    >>> bool(np.array_equal(C @ np.arange(16.0), B @ np.arange(16.0)))
+    True
+    >>> np.save(os.path.join(folder, "plain.npy"), np.eye(4))
+    >>> fastbfly.load(os.path.join(folder, "plain.npy"))  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    ValueError: ...plain.npy is not a fastbfly file: a plain .npy array, not an .npz archive
     """
     try:
         data = np.load(os.fspath(path), allow_pickle=False)
@@ -88,6 +123,10 @@ def load(path) -> Butterfly:
             arrays = {key: data[key] for key in data.files}
     except Exception as error:  # truncated or corrupted members (zlib, zip, format errors)
         raise ValueError(f"{path!s} is not a readable fastbfly file: {error!r}") from None
+    for key, array in arrays.items():
+        # np.load hands members that are not .npy files back as raw bytes
+        if not isinstance(array, np.ndarray):
+            raise ValueError(f"{path!s} is not a fastbfly file: member {key!r} is not a .npy array")
     for key in ("format", "version", "patterns", "values"):
         if key not in arrays:
             raise ValueError(f"{path!s} is not a fastbfly file: missing {key!r}")

@@ -58,5 +58,13 @@ class ButterflyOperator(LinearOperator):
         return ButterflyOperator(self.butterfly.T)
 
     def toarray(self) -> np.ndarray:
-        """The dense matrix."""
+        """The dense matrix (``O(m n log n)`` work; for checks and small sizes).
+
+        Examples
+        --------
+        >>> import fastbfly
+        >>> fastbfly.hadamard_butterfly(2).aslinearoperator().toarray()
+        array([[ 1.,  1.],
+               [ 1., -1.]])
+        """
         return self.butterfly.toarray()

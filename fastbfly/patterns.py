@@ -43,7 +43,35 @@ class Pattern(NamedTuple):
 
     @classmethod
     def of(cls, value) -> "Pattern":
-        """Convert a 4-sequence of positive integers to a `Pattern`, with a clear error."""
+        """Convert a 4-sequence of positive integers to a `Pattern`, with a clear error.
+
+        Parameters
+        ----------
+        value : Pattern or sequence of 4 ints
+            ``(a, b, c, d)``, each a positive integer (NumPy integers are accepted).
+
+        Returns
+        -------
+        Pattern
+            ``value`` itself when it already is one.
+
+        Raises
+        ------
+        TypeError
+            If ``value`` is not a sequence or an entry is not an integer.
+        ValueError
+            If ``value`` does not have 4 entries or an entry is not positive.
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> Pattern.of(np.array([1, 2, 2, 4]))
+        Pattern(a=1, b=2, c=2, d=4)
+        >>> Pattern.of((1, 2, 0, 4))
+        Traceback (most recent call last):
+        ...
+        ValueError: pattern entries must be positive, got (1, 2, 0, 4)
+        """
         if isinstance(value, Pattern):
             return value
         try:
@@ -61,17 +89,36 @@ class Pattern(NamedTuple):
 
     @property
     def shape(self) -> tuple[int, int]:
-        """Shape ``(a*b*d, a*c*d)`` of the matrix with this support."""
+        """Shape ``(a*b*d, a*c*d)`` of the matrix with this support.
+
+        Examples
+        --------
+        >>> Pattern(2, 3, 5, 7).shape
+        (42, 70)
+        """
         return (self.a * self.b * self.d, self.a * self.c * self.d)
 
     @property
     def nnz(self) -> int:
-        """Number of stored values, ``a*b*c*d``."""
+        """Number of stored values, ``a*b*c*d``.
+
+        Examples
+        --------
+        >>> Pattern(2, 3, 5, 7).nnz
+        210
+        """
         return self.a * self.b * self.c * self.d
 
     @property
     def adjoint(self) -> "Pattern":
-        """Pattern of the (conjugate) transpose, ``(a, c, b, d)``."""
+        """Pattern of the (conjugate) transpose, ``(a, c, b, d)``.
+
+        Examples
+        --------
+        >>> p = Pattern(2, 3, 5, 7)
+        >>> p.adjoint, p.adjoint.shape == p.shape[::-1]
+        (Pattern(a=2, b=5, c=3, d=7), True)
+        """
         return Pattern(self.a, self.c, self.b, self.d)
 
     def __repr__(self) -> str:
@@ -83,10 +130,33 @@ def fuse(left: Pattern, right: Pattern) -> Pattern:
 
     ``(a1, b1, c1, d1) · (a2, b2, c2, d2) = (a1, b1*d1/d2, a2*c2/a1, d2)``.
 
+    Parameters
+    ----------
+    left, right : Pattern
+        Consecutive patterns of a chain, ``left`` applied after ``right``.
+
+    Returns
+    -------
+    Pattern
+        The support of every product ``X Y`` with ``X`` on ``left`` and ``Y`` on
+        ``right``.
+
     Raises
     ------
     ValueError
         If the two patterns are not chainable (see `Chain`).
+
+    Examples
+    --------
+    The first two factors of the 16-point butterfly make one ``4 × 4`` block per
+    ``d = 4`` interleaved positions:
+
+    >>> fuse(Pattern(1, 2, 2, 8), Pattern(2, 2, 2, 4))
+    Pattern(a=1, b=4, c=4, d=4)
+    >>> fuse(Pattern(1, 2, 2, 8), Pattern(2, 2, 2, 2))
+    Traceback (most recent call last):
+    ...
+    ValueError: patterns (1, 2, 2, 8) and (2, 2, 2, 2) do not chain: inner sizes a*c*d = 16 and a*b*d = 8 differ
     """
     _link_rank(left, right)  # raises if not chainable
     return Pattern(left.a, left.b * left.d // right.d, right.a * right.c // left.a, right.d)
@@ -131,6 +201,15 @@ class Chain:
     patterns : sequence of Pattern or 4-tuples
         At least one pattern.
 
+    Attributes
+    ----------
+    patterns : tuple of Pattern
+        Left-most first; ``chain[l]`` and ``len(chain)`` index them.
+    ranks : tuple of int
+        ``L - 1`` ranks ``r_l`` carried between consecutive factors.
+    reversed : bool
+        True for the (conjugate) transpose of a chainable chain.
+
     Examples
     --------
     >>> chain = Chain.square_dyadic(8)
@@ -166,6 +245,23 @@ class Chain:
         ``(2**(l-1), 2, 2, n / 2**l)``, ``l = 1..J``.
 
         ``n = 1`` gives the single pattern ``(1, 1, 1, 1)``.
+
+        Parameters
+        ----------
+        n : int
+            A power of two.
+
+        Returns
+        -------
+        Chain
+            ``log2(n)`` patterns, ``2 n`` values each.
+
+        Examples
+        --------
+        >>> Chain.square_dyadic(4)
+        Chain([(1, 2, 2, 2), (2, 2, 2, 1)], shape=(4, 4), ranks=(1,))
+        >>> Chain.square_dyadic(1024).nnz
+        20480
         """
         n_levels = log2_exact(n, "n")
         if n_levels == 0:
@@ -297,16 +393,45 @@ class Chain:
 
     @property
     def shape(self) -> tuple[int, int]:
-        """Shape of the product: rows of the first pattern, columns of the last."""
+        """Shape of the product: rows of the first pattern, columns of the last.
+
+        Examples
+        --------
+        >>> Chain.from_radices([2, 3], [5, 2]).shape
+        (6, 10)
+        """
         return (self.patterns[0].shape[0], self.patterns[-1].shape[1])
 
     @property
     def nnz(self) -> int:
-        """Total number of stored values over all factors."""
+        """Total number of stored values over all factors.
+
+        Examples
+        --------
+        >>> chain = Chain.square_dyadic(8)
+        >>> chain.nnz, [p.nnz for p in chain]
+        (48, [16, 16, 16])
+        """
         return sum(p.nnz for p in self.patterns)
 
     def fused(self, start: int, stop: int) -> Pattern:
-        """Pattern of the product of factors ``start..stop-1`` (0-based, half-open)."""
+        """Pattern of the product of factors ``start..stop-1`` (0-based, half-open).
+
+        This is the pattern of a tree node covering those factors.
+
+        Raises
+        ------
+        ValueError
+            For an empty or out-of-range ``[start, stop)``, or a reversed chain.
+
+        Examples
+        --------
+        >>> chain = Chain.square_dyadic(16)
+        >>> chain.fused(0, 2), chain.fused(1, 4)
+        (Pattern(a=1, b=4, c=4, d=4), Pattern(a=2, b=8, c=8, d=1))
+        >>> chain.fused(0, 4)  # the whole product: one dense 16 x 16 block
+        Pattern(a=1, b=16, c=16, d=1)
+        """
         if not 0 <= start < stop <= len(self):
             raise ValueError(f"invalid factor range [{start}, {stop}) for {len(self)} factors")
         if self.reversed:
@@ -402,7 +527,17 @@ def _prime_factors(n: int) -> list[int]:
 
 
 def log2_exact(n, name: str) -> int:
-    """``log2(n)`` for a power of two ``n >= 1``; ValueError naming ``name`` otherwise."""
+    """``log2(n)`` for a power of two ``n >= 1``; ValueError naming ``name`` otherwise.
+
+    Examples
+    --------
+    >>> log2_exact(1024, "n")
+    10
+    >>> log2_exact(12, "size")
+    Traceback (most recent call last):
+    ...
+    ValueError: size must be a power of two, got 12
+    """
     if isinstance(n, bool) or not isinstance(n, numbers.Integral):
         raise TypeError(f"{name} must be an integer, got {n!r}")
     n = int(n)

@@ -40,12 +40,36 @@ def bit_reversal_permutation(n: int) -> np.ndarray:
 def validate_permutation(perm, n: int, name: str = "perm") -> np.ndarray:
     """Return ``perm`` as a fresh int64 array after checking it permutes ``0..n-1``.
 
+    Parameters
+    ----------
+    perm : (n,) array_like of int
+        Index vector: ``x[perm]`` is the permuted vector.
+    n : int
+        Expected length.
+    name : str, default "perm"
+        Name used in error messages.
+
+    Returns
+    -------
+    (n,) int64 ndarray
+        A read-only copy (the caller's array is never kept or modified).
+
     Raises
     ------
     TypeError
         If ``perm`` is not an integer array.
     ValueError
         If it has the wrong shape or length, or has out-of-range or repeated entries.
+
+    Examples
+    --------
+    >>> p = validate_permutation([2, 0, 1], 3)
+    >>> p, p.dtype, p.flags.writeable
+    (array([2, 0, 1]), dtype('int64'), False)
+    >>> validate_permutation([0, 0, 1], 3, name="row_perm")
+    Traceback (most recent call last):
+    ...
+    ValueError: row_perm is not a permutation: index 0 appears more than once
     """
     array = np.asarray(perm)
     if array.dtype == bool or not np.issubdtype(array.dtype, np.integer):

@@ -37,6 +37,26 @@ class CompressionReport:
     svd_relative_error_same_budget : float
         ``‖matrix − matrix_k‖_F / ‖matrix‖_F`` for the best rank-``k`` approximation
         ``matrix_k`` (Eckart–Young: from the singular values alone).
+
+    Examples
+    --------
+    A rank-2 matrix is a poor butterfly but an exact low-rank matrix:
+
+    >>> import numpy as np, fastbfly
+    >>> rng = np.random.default_rng(0)
+    >>> M = rng.standard_normal((64, 2)) @ rng.standard_normal((2, 64))
+    >>> report = fastbfly.compression_report(M, fastbfly.factorize(M))
+    >>> report.shape, report.nnz, report.dense_size, round(report.compression_ratio, 2)
+    ((64, 64), 768, 4096, 5.33)
+    >>> round(report.relative_error, 3), report.svd_rank_same_budget
+    (0.606, 6)
+    >>> report.svd_relative_error_same_budget < 1e-12
+    True
+    >>> print(report)  # doctest: +ELLIPSIS
+    64 x 64 matrix: butterfly stores 768 of 4,096 values (18.75%, compression 5.3x)
+      butterfly relative error:            6.062e-01
+      truncated SVD, rank 6 (768 values): ...
+      low rank is more accurate than the butterfly at this budget
     """
 
     shape: tuple
@@ -49,7 +69,16 @@ class CompressionReport:
 
     @property
     def svd_nnz(self) -> int:
-        """Values stored by the rank-``k`` truncated SVD, ``k * (m + n)``."""
+        """Values stored by the rank-``k`` truncated SVD, ``k * (m + n)``.
+
+        Examples
+        --------
+        >>> import fastbfly
+        >>> H = fastbfly.hadamard_butterfly(16)
+        >>> report = fastbfly.compression_report(H.toarray(), H)
+        >>> report.svd_rank_same_budget, report.svd_nnz, report.nnz
+        (4, 128, 128)
+        """
         return self.svd_rank_same_budget * (self.shape[0] + self.shape[1])
 
     def __str__(self) -> str:

@@ -35,8 +35,22 @@ __all__ = ["chains", "butterfly_products", "trees", "smooth_numbers"]
 def smooth_numbers(limit: int, primes=(2, 3, 5)) -> list[int]:
     """The integers ``1..limit`` whose prime factors are all in ``primes``, ascending.
 
+    Parameters
+    ----------
+    limit : int
+        Largest number considered.
+    primes : tuple of int, default (2, 3, 5)
+
+    Returns
+    -------
+    list of int
+
+    Examples
+    --------
     >>> smooth_numbers(12)
     [1, 2, 3, 4, 5, 6, 8, 9, 10, 12]
+    >>> smooth_numbers(20, primes=(2,))
+    [1, 2, 4, 8, 16]
     """
     numbers = []
     for k in range(1, limit + 1):
@@ -80,6 +94,20 @@ def chains(draw, max_size: int = 128, max_factors: int = 5, max_rank: int = 4,
     never empty, and the last bound makes the final ``r_{L-2} <= p_{L-1}`` hold.
     These imply ``r_l <= min(q_0 ⋯ q_l, p_{l+1} ⋯ p_{L-1})``: every split's blocks
     admit the rank, whatever the tree.
+
+    Examples
+    --------
+    Every drawn chain can be factorized, along every tree:
+
+    >>> import fastbfly
+    >>> from hypothesis import given, settings
+    >>> @settings(deadline=None, max_examples=10)  # the first call compiles kernels
+    ... @given(chains(max_size=16, max_factors=3))
+    ... def test_chain(chain):
+    ...     assert chain.shape[0] <= 16 and chain.shape[1] <= 16
+    ...     assert len(chain) <= 3 and all(r <= 4 for r in chain.ranks)
+    ...     assert chain.fused(0, len(chain)) == (1, *chain.shape, 1)
+    >>> test_chain()
     """
     max_radix = max_size if max_radix is None else max_radix
     candidates = smooth_numbers(min(max_size, max_radix), primes)
@@ -126,6 +154,20 @@ def butterfly_products(chain, dtype=np.float64):
     -----
     Values come from ``numpy.random.default_rng(seed)`` with a drawn seed: shrinking
     a failing example shrinks the chain, not the values.
+
+    Examples
+    --------
+    Exact recovery: the factorization of an exact product reproduces it.
+
+    >>> import numpy as np, fastbfly
+    >>> from hypothesis import given, settings
+    >>> @settings(deadline=None, max_examples=10)  # the first call compiles kernels
+    ... @given(butterfly_products(chains(max_size=16, max_rank=1)))
+    ... def test_exact_recovery(B):
+    ...     M = B.toarray()
+    ...     C = fastbfly.factorize(M, chain=B.chain)
+    ...     assert np.allclose(C.toarray(), M, atol=1e-9 * np.linalg.norm(M))
+    >>> test_exact_recovery()
     """
     dtype = np.dtype(dtype)
     if dtype not in SUPPORTED_DTYPES:
@@ -153,6 +195,8 @@ def trees(n_factors: int):
     """Trees accepted by :func:`fastbfly.factorize` over ``n_factors`` factors: one of
     the named trees or a random nested tuple of factor indices.
 
+    Examples
+    --------
     >>> from fastbfly import build_tree
     >>> from hypothesis import given
     >>> @given(trees(5))

@@ -35,6 +35,25 @@ class Node:
     """A node covering factors ``start..stop-1`` (0-based, half-open).
 
     Leaves have ``left is right is None``; internal nodes split at ``left.stop``.
+    Nodes are immutable; :func:`build_tree` makes them from the user format.
+
+    Parameters
+    ----------
+    start, stop : int
+        First factor covered and one past the last.
+    left, right : Node, optional
+        The children of an internal node, covering ``start..split-1`` and
+        ``split..stop-1``.
+
+    Examples
+    --------
+    >>> root = build_tree("balanced", 3)
+    >>> root.start, root.stop, root.split
+    (0, 3, 2)
+    >>> root.right
+    Node(start=2, stop=3, left=None, right=None)
+    >>> root.left.to_nested(), root.right.is_leaf
+    ((0, 1), True)
     """
 
     start: int
@@ -44,15 +63,38 @@ class Node:
 
     @property
     def is_leaf(self) -> bool:
+        """True for a node covering a single factor.
+
+        Examples
+        --------
+        >>> Node(2, 3).is_leaf, build_tree("balanced", 2).is_leaf
+        (True, False)
+        """
         return self.left is None
 
     @property
     def split(self) -> int:
-        """Index of the first factor of the right child."""
+        """Index of the first factor of the right child (internal nodes only).
+
+        Examples
+        --------
+        >>> build_tree("left-to-right", 4).split, build_tree("right-to-left", 4).split
+        (1, 3)
+        """
         return self.left.stop
 
     def to_nested(self):
-        """The user format of this tree (nested tuples of factor indices)."""
+        """The user format of this tree (nested tuples of factor indices).
+
+        ``build_tree(node.to_nested(), n)`` gives the node back.
+
+        Examples
+        --------
+        >>> build_tree("right-to-left", 4).to_nested()
+        (((0, 1), 2), 3)
+        >>> build_tree(((0, 1), (2, 3)), 4) == build_tree("balanced", 4)
+        True
+        """
         if self.is_leaf:
             return self.start
         return (self.left.to_nested(), self.right.to_nested())
@@ -61,6 +103,19 @@ class Node:
 def build_tree(tree, n_factors: int) -> Node:
     """Turn a tree name or nested tuple into a `Node` over ``n_factors`` factors.
 
+    Parameters
+    ----------
+    tree : str or nested tuple
+        ``"balanced"``, ``"left-to-right"``, ``"right-to-left"`` (`TREE_NAMES`), or
+        nested 2-tuples (or lists) whose leaves are ``0..n_factors-1`` in order.
+    n_factors : int
+        Number of factors ``L`` of the chain.
+
+    Returns
+    -------
+    Node
+        The root, covering factors ``0..n_factors-1``.
+
     Raises
     ------
     ValueError
@@ -68,6 +123,17 @@ def build_tree(tree, n_factors: int) -> Node:
         missing or repeated factor indices).
     TypeError
         For leaves that are not integers or containers that are not tuples/lists.
+
+    Examples
+    --------
+    >>> build_tree("balanced", 5).to_nested()  # the left half gets the extra factor
+    (((0, 1), 2), (3, 4))
+    >>> build_tree([0, [1, 2]], 3).to_nested()
+    (0, (1, 2))
+    >>> build_tree((0, (2, 1)), 3)
+    Traceback (most recent call last):
+    ...
+    ValueError: tree node (2, 1): left child covers factors up to 2 but right child starts at 1; leaves must be 0..L-1 in order
     """
     if isinstance(tree, str):
         if tree == "balanced":

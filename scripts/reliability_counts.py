@@ -59,12 +59,15 @@ CATEGORIES = {
     "interrupted saves": [
         "test_reliability.py::test_interrupted_save_keeps_the_previous_file_and_leaves_no_temporary",
         "test_reliability.py::test_save_killed_midway_keeps_the_previous_file"],
-    "Numba caches (stale, corrupted, read-only)": [
+    "Numba caches (stale, corrupted, read-only, serial/parallel builds)": [
         "test_cache.py::test_stale_cache_is_recompiled",
         "test_cache.py::test_corrupted_cache_still_gives_correct_results",
-        "test_cache.py::test_empty_read_only_cache_dir",
         "test_cache.py::test_warm_read_only_cache_dir",
-        "test_cache.py::test_nothing_writable_still_imports"],
+        "test_cache.py::test_nothing_writable_still_imports",
+        "test_cache.py::test_threaded_kernels_are_not_loaded_from_serial_cache_entries",
+        "test_cache.py::test_serial_kernels_are_not_loaded_from_threaded_cache_entries",
+        "test_cache.py::test_tolerant_cache_recompiles_unreadable_files",
+        "test_cache.py::test_tolerant_cache_save_failures_leave_the_kernel_uncached"],
 }
 
 

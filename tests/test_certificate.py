@@ -8,7 +8,7 @@ import scipy.sparse
 
 import fastbfly
 from fastbfly.certificate import Certificate, certify
-from fastbfly.factorization import split_errors
+from fastbfly._errors import split_errors
 
 from conftest import NAMED_TREES, make_tree, noisy, random_array, random_factors, relative_error
 
@@ -309,3 +309,83 @@ def test_relative_error_of_helper_matches(rng):
     Z = random_array(rng, (8, 8), np.complex128)
     B = fastbfly.factorize(Z)
     assert certify(Z, B).relative_actual_error == pytest.approx(relative_error(B.toarray(), Z), rel=1e-12)
+
+
+# ------------------------------------------------------- block solvers of the split errors
+def heavy_tailed_product(rng, chain):
+    """A product whose blocks have clustered top singular values (slow power iteration)."""
+    factors = [fastbfly.Factor(p, rng.standard_normal(tuple(p)) * rng.exponential(size=tuple(p)) ** 3)
+               for p in chain]
+    return fastbfly.Butterfly(factors).toarray()
+
+
+@pytest.mark.parametrize("kind", ["noisy product", "heavy-tailed", "gaussian"])
+def test_every_block_solver_matches_the_svd_reference(rng, kind):
+    # N = 256: splits with 2-row blocks (Gram, closed form), 4 and 8 rows (Gram,
+    # eigvalsh), 16..32 (power iteration), and 128 x 2, 64 x 4 (streamed narrow blocks).
+    chain = fastbfly.Chain.square_dyadic(256)
+    if kind == "noisy product":
+        Z = noisy(rng, product(rng, chain), 0.2)
+    elif kind == "heavy-tailed":
+        Z = noisy(rng, heavy_tailed_product(rng, chain), 1e-3)
+    else:
+        Z = random_array(rng, (256, 256), np.float64)
+    perm = rng.permutation(256)
+    exact = np.array([svd_split_error(Z, chain, perm, l) for l in range(1, len(chain))])
+    computed = split_errors(Z, chain, perm)
+    # Gram paths are exact to rounding; power iteration stops within 1e-9 of each
+    # block's error (proven by the Kato-Temple bound when the top singular value holds
+    # most of the block, heuristic otherwise).
+    np.testing.assert_allclose(computed, exact, rtol=1e-7)
+    if kind != "gaussian":
+        np.testing.assert_allclose(computed, exact, rtol=1e-8)
+
+
+def test_threaded_and_serial_split_errors_agree(rng):
+    import numba
+
+    chain = fastbfly.Chain.square_dyadic(256)  # 65536 entries: threaded kernels
+    Z = noisy(rng, product(rng, chain), 0.1)
+    threaded = split_errors(Z, chain)
+    previous = numba.get_num_threads()
+    try:
+        numba.set_num_threads(1)
+        serial = split_errors(Z, chain)
+    finally:
+        numba.set_num_threads(previous)
+    np.testing.assert_allclose(threaded, serial, rtol=1e-13)
+
+
+@pytest.mark.parametrize("exponent", [-1000, -600, 600, 1000])
+def test_extreme_scales_give_scaled_certificates(rng, exponent):
+    chain = CHAINS["dyadic32"]
+    Z = noisy(rng, product(rng, chain), 0.1)
+    B = fastbfly.factorize(Z, chain=chain)
+    reference = certify(Z, B)
+    scaled = np.ldexp(Z.real, exponent) + 1j * np.ldexp(Z.imag, exponent)
+    factors = [fastbfly.Factor(f.pattern, f.values * (2.0 ** (exponent // 5))) for f in B.factors]
+    scaled_b = fastbfly.Butterfly(factors)
+    cert = certify(scaled, scaled_b)
+    assert np.all(np.isfinite(cert.split_errors)) and np.isfinite(cert.actual_error)
+    np.testing.assert_allclose(cert.relative_split_errors, reference.relative_split_errors, rtol=1e-12)
+    assert cert.relative_actual_error == pytest.approx(reference.relative_actual_error, rel=1e-12)
+
+
+# ------------------------------------------------- factorize's relative_error is the actual one
+@pytest.mark.parametrize("chain_name", list(CHAINS))
+@pytest.mark.parametrize("tree", NAMED_TREES + ["user"])
+@pytest.mark.parametrize("orthonormalize", [True, False])
+def test_reported_relative_error_is_exact_for_every_tree(rng, chain_name, tree, orthonormalize):
+    chain = CHAINS[chain_name]
+    Z = noisy(rng, product(rng, chain), 0.3)
+    B = fastbfly.factorize(Z, chain=chain, tree=make_tree(tree, len(chain), rng),
+                           orthonormalize=orthonormalize, perm=rng.permutation(chain.shape[1]))
+    assert B.info["relative_error"] == pytest.approx(relative_error(B.toarray(), Z), rel=1e-10)
+    assert B.info["candidates"][0]["relative_error"] == B.info["relative_error"]
+
+
+def test_reported_relative_error_with_zero_padding(rng):
+    Z = random_array(rng, (11, 13), np.complex128)
+    B = fastbfly.factorize(Z, n_factors=3, pad=True, tree="balanced")
+    # the error on the padded problem: what B's chain product puts in the padding counts
+    assert B.info["relative_error"] == pytest.approx(certify(Z, B).relative_padded_error, rel=1e-10)

@@ -11,6 +11,7 @@ package bugs, reported with a minimal reproducer in the reason.
 
 from __future__ import annotations
 
+import math
 import os
 import signal
 import subprocess
@@ -30,7 +31,7 @@ from fastbfly import factorization as factorization_module
 from fastbfly import io as io_module
 
 import naive
-from conftest import DTYPES, NAMED_TREES, assert_close, dtype_id, random_array, random_factors
+from conftest import DTYPES, NAMED_TREES, assert_close, dtype_id, random_array, random_factors, rtol
 
 N = 8  # size of the square butterflies the bad inputs are tried on
 
@@ -202,15 +203,19 @@ def test_bad_factor_values_are_rejected(name):
 
 
 @pytest.mark.parametrize("name", sorted(NON_FINITE_FACTOR_VALUES))
-@bug("Factor and Butterfly accept NaN/Inf factor values (no finiteness check): "
-     "Butterfly([Factor((1, 2, 2, 1), np.full((1, 2, 2, 1), np.nan))]) @ np.ones(2) "
-     "returns [nan, nan]")
 def test_non_finite_factor_values_are_rejected(name):
+    """By `Factor`, and by `Butterfly` when the values change after the `Factor` was
+    made (a Factor keeps the caller's array); both name the factor and the index."""
     value = NON_FINITE_FACTOR_VALUES[name]
     values = np.ones((1, 2, 2, 1), dtype=np.complex128 if isinstance(value, complex) else np.float64)
     values[0, 1, 0, 0] = value
-    with pytest.raises(ValueError, match="NaN|Inf|finite"):
-        Butterfly([Factor((1, 2, 2, 1), values)])
+    with pytest.raises(ValueError, match=r"pattern \(1, 2, 2, 1\) contain NaN or Inf \(first at index \(0, 1, 0, 0\)\)"):
+        Factor((1, 2, 2, 1), values)
+    values[0, 1, 0, 0] = 1
+    factors = [Factor((1, 2, 2, 2), np.ones((1, 2, 2, 2), values.dtype)), Factor((2, 2, 2, 1), np.ones((2, 2, 2, 1), values.dtype))]
+    factors[1].values[1, 0, 1, 0] = value
+    with pytest.raises(ValueError, match=r"factor 1 \(pattern \(2, 2, 2, 1\)\) has NaN or Inf values \(first at index \(1, 0, 1, 0\)\)"):
+        Butterfly(factors)
 
 
 # -- chains: Chain(patterns) ---------------------------------------------------------------
@@ -330,14 +335,13 @@ BAD_SHAPES = {
     "three-entries": ((N, N, 1), ValueError),
     "int": (N, TypeError),
     "none-entry": ((None, N), TypeError),
-    "string": ("ab", ValueError),
+    "string": ("ab", TypeError),
+    "bool-entry": ((True, N), TypeError),
     "nan": ((float("nan"), N), ValueError),
-    "inf": known_bug(((float("inf"), N), ValueError),
-                     "Butterfly(factors, shape=(float('inf'), 8)) raises OverflowError from "
-                     "int(inf), not ValueError"),
-    "fractional": known_bug(((2.5, N), ValueError),
-                            "Butterfly(factors, shape=(2.5, 8)) is accepted and silently "
-                            "truncated to (2, 8)"),
+    "inf": ((float("inf"), N), ValueError),
+    "minus-inf": ((N, float("-inf")), ValueError),
+    "fractional": ((2.5, N), ValueError),
+    "numpy-fractional": ((N, np.float32(7.5)), ValueError),
 }
 
 
@@ -593,12 +597,9 @@ BAD_FILE_CONTENTS = {
     "shape-zero": (lambda g: {**g, "shape": np.array([0, N])}, False),
     "shape-float": (lambda g: {**g, "shape": np.array([4.0, 4.0])}, False),
     "shape-2-D": (lambda g: {**g, "shape": np.array([[4, 4]])}, False),
-    "values-nan": known_bug((_values_with(np.nan), False),
-                            "load accepts NaN factor values (np.savez a valid file with "
-                            "values[5] = np.nan: load(path) @ np.ones(8) has NaN entries)"),
-    "values-inf": known_bug((_values_with(-np.inf), False), "load accepts Inf factor values"),
-    "values-complex-nan": known_bug((_values_with(complex(1, np.nan), np.complex128), False),
-                                    "load accepts complex NaN factor values"),
+    "values-nan": (_values_with(np.nan), False),
+    "values-inf": (_values_with(-np.inf), False),
+    "values-complex-nan": (_values_with(complex(1, np.nan), np.complex128), False),
 }
 
 
@@ -669,7 +670,12 @@ def test_factorize_accepts_any_layout_and_leaves_input_intact(dtype, layout, tmp
     assert snapshot(given) == before
     for mine, theirs in zip(B.factors, expected.factors):
         assert mine.values.tobytes() == theirs.values.tobytes()
-    assert B.info["relative_error"] == expected.info["relative_error"]
+    if layout.startswith("memmap"):
+        # memory maps are streamed (fastbfly.sources): the same factors, but the error
+        # is summed in another order
+        assert B.info["relative_error"] == pytest.approx(expected.info["relative_error"], rel=rtol(dtype))
+    else:
+        assert B.info["relative_error"] == expected.info["relative_error"]
     if layout == "memmap-rw":  # the file itself is untouched
         assert np.load(given.filename).tobytes() == matrix.tobytes()
     # the result owns its values
@@ -699,21 +705,27 @@ def test_butterfly_accepts_any_layout_and_leaves_input_intact(dtype, layout, tmp
         assert B.toarray().tobytes() == expected.toarray().tobytes()
 
 
-@bug("B.factors[k].values are writable views of the values the kernels read, but products "
-     "whose operand dtype differs from the factors' use a cached cast copy that in-place "
-     "edits never reach. Reproducer: B = a float32 Butterfly; B @ np.ones(n) (float64); "
-     "B.factors[0].values[...] = 0; B @ np.ones(n) still gives the old result while "
-     "B @ np.ones(n, np.float32) gives zeros (either invalidate the cast cache or make "
-     "the views read-only)")
-def test_in_place_factor_edits_reach_products_of_every_dtype():
+def test_butterfly_factor_values_are_read_only():
+    """A Butterfly is immutable: products may use a cached cast of its values (here
+    float32 factors, float64 and complex operands), which an in-place edit of
+    ``B.factors[k].values`` would leave stale, so the views refuse writes.  Changed
+    values go into a new Butterfly, whose products of every dtype see them."""
     rng = np.random.default_rng(9)
     B = Butterfly(random_factors(rng, Chain.square_dyadic(8), np.float32))
     x = np.ones(8)
-    B @ x  # a float64 operand
-    B.factors[0].values[...] = 0
-    assert np.all(B @ x.astype(np.float32) == 0)
-    assert np.all(B @ x == 0)
-    assert np.all(B @ (x + 0j) == 0)
+    before = {dtype: (B @ x.astype(dtype)).tobytes() for dtype in (np.float32, np.float64, np.complex128)}
+    for f in B.factors:
+        assert not f.values.flags.writeable
+        with pytest.raises(ValueError, match="read-only"):
+            f.values[...] = 0
+        with pytest.raises(ValueError, match="read-only"):
+            f.values.flat[0] = 0
+    assert {dtype: (B @ x.astype(dtype)).tobytes() for dtype in before} == before
+    changed = [Factor(f.pattern, f.values * 0) if k == 0 else f for k, f in enumerate(B.factors)]
+    C = Butterfly(changed, perm=B.perm, row_perm=B.row_perm)
+    for dtype in before:
+        assert np.all(C @ x.astype(dtype) == 0)
+        assert (B @ x.astype(dtype)).tobytes() == before[dtype]  # B unchanged
 
 
 OPERAND_SHAPES = {"vector": (16,), "block": (16, 5), "column": (16, 1)}
@@ -896,23 +908,36 @@ def test_exact_butterflies_near_1e300_are_recovered(dtype, value):
         assert error <= 64 * np.finfo(np.float64).eps, (n, error)
 
 
-@bug("factorize raises IndexError for finite entries near 1.8e308: the finiteness check of "
-     "_kernels._gather_scale sums |entries| and that sum overflows, the block is counted as "
-     "NaN/Inf, then _raise_not_finite finds no non-finite entry (where[0] on an empty array). "
-     "Reproducer: fastbfly.factorize(np.full((4, 4), 1e308)); also Hadamard(1024) * 1e306")
-@pytest.mark.parametrize("case", ["full-4x4-1e308", "hadamard-64-1e307", "hadamard-1024-1e306"])
-def test_entries_near_the_overflow_threshold(case):
+OVERFLOW_CASES = ["full-4x4-1e308", "full-8x8-1.7e308", "complex-full-8x8-1.7e308", "hadamard-64-1e307",
+                  "hadamard-1024-1e306", "float32-full-8x8-3e38"]
+
+
+@pytest.mark.parametrize("orthonormalize", [True, False])
+@pytest.mark.parametrize("case", OVERFLOW_CASES)
+def test_entries_near_the_overflow_threshold(case, orthonormalize):
+    """Finite entries near the largest float: the finiteness check must not overflow
+    (it summed magnitudes), nor the block singular values or pushed column norms in
+    the matrix's units (their factors are representable, the intermediates are not)."""
     if case == "full-4x4-1e308":
         matrix = np.full((4, 4), 1e308)
+    elif case == "full-8x8-1.7e308":
+        matrix = np.full((8, 8), 1.7e308)
+    elif case == "complex-full-8x8-1.7e308":
+        matrix = np.full((8, 8), 1.7e308 - 1.7e308j)
+    elif case == "float32-full-8x8-3e38":
+        matrix = np.full((8, 8), 3e38, dtype=np.float32)
     elif case == "hadamard-64-1e307":
         matrix = fastbfly.hadamard_butterfly(64).toarray() * 1e307
     else:
         matrix = fastbfly.hadamard_butterfly(1024).toarray() * 1e306
-    B = factorize(matrix)
+    B = factorize(matrix, orthonormalize=orthonormalize)
+    assert B.dtype == matrix.dtype
+    assert all(np.all(np.isfinite(f.values)) for f in B.factors)
     dense = B.toarray()
     assert np.all(np.isfinite(dense))
     scale = np.max(np.abs(matrix))
-    assert np.max(np.abs(dense / scale - matrix / scale)) < 1e-12
+    assert_close(dense / scale, matrix / scale, matrix.dtype, factor=10)
+    assert B.info["relative_error"] <= 10 * np.finfo(matrix.dtype).eps
 
 
 SUBNORMAL_EXPONENTS = {np.dtype(np.float64): [-1030, -1060, -1070], np.dtype(np.float32): [-130, -140, -145]}
@@ -943,19 +968,37 @@ def test_subnormal_entries_real(dtype, n):
         assert np.all(np.isfinite(y))
 
 
-@bug("complex subnormal input gives Inf/NaN factors: _push_column_frames divides complex "
-     "values by subnormal column norms (numpy's complex division overflows). "
-     "Reproducer: fastbfly.factorize(np.full((4, 4), 1e-310 + 0j)).toarray() is all NaN")
+@pytest.mark.parametrize("orthonormalize", [True, False])
+@pytest.mark.parametrize("shape", [(4, 4), (8, 8), (16, 16)])
 @pytest.mark.parametrize("dtype", [np.complex64, np.complex128], ids=dtype_id)
-def test_subnormal_entries_complex(dtype):
+def test_subnormal_entries_complex(dtype, shape, orthonormalize):
+    """Complex subnormal input (numpy's complex division by a subnormal norm gives
+    Inf/NaN): finite factors, exact butterflies recovered to within a few units of
+    the smallest subnormal, and random matrices to the dtype's relative accuracy."""
     dtype = np.dtype(dtype)
-    exponent = SUBNORMAL_EXPONENTS[np.dtype(dtype.char.lower())][0]
-    hadamard = fastbfly.hadamard_butterfly(8).toarray()
-    matrix = (np.ldexp(hadamard, exponent) * (1 + 0j)).astype(dtype)
-    B = factorize(matrix)
+    real = np.dtype(dtype.char.lower())
+    spacing = np.ldexp(1.0, np.finfo(dtype).minexp - np.finfo(dtype).nmant)  # smallest subnormal
+    n = shape[0]
+    rng = np.random.default_rng(zlib_seed("subnormal-complex", dtype, n, orthonormalize))
+    for exponent in SUBNORMAL_EXPONENTS[real]:
+        for matrix in (np.ldexp(fastbfly.hadamard_butterfly(n).toarray(), exponent) * (1 - 1j),
+                       np.full(shape, np.ldexp(1.0, exponent) + 0j)):
+            matrix = matrix.astype(dtype)
+            assert 0 < np.abs(matrix.real).max() < np.finfo(real).tiny  # really subnormal
+            B = factorize(matrix, orthonormalize=orthonormalize)
+            assert all(np.all(np.isfinite(f.values)) for f in B.factors)
+            error = np.abs(B.toarray() - matrix).max()
+            assert error <= 4 * n * spacing, (exponent, error / spacing)
+    # a product of random factors scaled into the subnormals (every entry below the
+    # smallest normal): recovered to the input's own resolution, a few ``spacing``
+    exact = naive.butterfly_dense(Butterfly(random_factors(rng, Chain.square_dyadic(n), np.complex128)))
+    exponent = np.finfo(real).minexp - 1 - math.frexp(np.abs(exact).max())[1]
+    matrix = (np.ldexp(exact.real, exponent) + 1j * np.ldexp(exact.imag, exponent)).astype(dtype)
+    assert np.abs(matrix).max() < np.finfo(real).tiny
+    B = factorize(matrix, orthonormalize=orthonormalize)
     assert all(np.all(np.isfinite(f.values)) for f in B.factors)
     error = np.abs(B.toarray() - matrix).max()
-    assert error <= 32 * np.ldexp(1.0, np.finfo(dtype).minexp - np.finfo(dtype).nmant)
+    assert error <= 4 * n * spacing, error / spacing
 
 
 @pytest.mark.parametrize("dtype", [np.float64, np.complex128], ids=dtype_id)
@@ -1206,9 +1249,10 @@ def test_sigint_during_factorize_stops_within_one_split():
     finally:
         child.kill()
     lines = out.split("\n")
-    assert child.returncode == 0, err
+    assert child.returncode == 0, (out, err)
     _, when, _, state = lines[0].split()
-    assert state == "intact"
-    # the root split is most of a factorization (here < 1 s without load)
-    assert float(when) - sent < 1.0 + 1.5 * float(one_factorization)
+    assert state == "intact", out
+    # one split (the root split is most of a factorization: < 1 s here without load),
+    # with room for a loaded machine; without the interrupt the loop never ends
+    assert float(when) - sent < 2.0 + 3.0 * float(one_factorization), (out, one_factorization)
     assert lines[1] == "recovered True"

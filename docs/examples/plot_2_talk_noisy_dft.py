@@ -12,7 +12,7 @@ it, a relative error of :math:`\\sigma / \\sqrt{1 + \\sigma^2}`.  A method that 
 that line is as good as knowing the clean transform.  fastbfly runs live; pyfaust,
 lazylinop and the gradient baseline (L-BFGS, 100 iterations from a random start) are
 cached in ``docs/data/talk_noise.json``.  The certificate of
-:func:`fastbfly.certificate.certify` adds a lower bound no method can beat.
+:func:`fastbfly.certify` adds a lower bound no method can beat.
 """
 
 import json

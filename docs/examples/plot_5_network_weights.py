@@ -160,7 +160,7 @@ plt.show()
 # * **Shuffling the rows** of that matrix keeps its singular values (the SVD curve does
 #   not move) but breaks the butterfly structure: on the generating chain the error
 #   goes from 0.1 to about 0.87.  The permutation would have to be recovered first
-#   (:func:`fastbfly.clustering.recover_permutations` does it for square power-of-two
+#   (:func:`fastbfly.recover_permutations` does it for square power-of-two
 #   sizes).
 # * **Trained weights behave like the noise / low-rank cases, not like butterflies**:
 #   on all-MiniLM-L6-v2 the truncated SVD is more accurate in 38 of 40 cases, and

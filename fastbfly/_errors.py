@@ -1,0 +1,190 @@
+"""Exact errors of a chain's splits and of a butterfly product, one pass over the matrix
+each (wrappers of :mod:`fastbfly._error_kernels`; shared by `certify` and `factorize`).
+
+The inputs are validated by the callers: a finite C-contiguous ``(m, n)`` matrix of a
+supported dtype and a chainable chain of that shape whose product is a full matrix
+(first pattern ``a = 1``, last ``d = 1``).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numba
+import numpy as np
+
+from . import _error_kernels
+from .patterns import Chain
+
+# Matrices from this many entries are processed by the threaded kernels (below it the
+# thread start-up costs more than it saves on 2 cores; same threshold as factorize).
+PARALLEL_MIN_SIZE = 1 << 16
+# The product's error pass is memory-bound: measured on 2 shared cores, two threads were
+# no faster at N = 4096 and 2.6x slower at N = 1024 (thread wake-ups), so it stays serial
+# below this size.
+PRODUCT_PARALLEL_MIN_SIZE = 1 << 24
+# Tasks are handed out in this many chunks per thread (load balance vs. overhead).
+CHUNKS_PER_THREAD = 4
+# Bytes of the panel a task gathers its blocks into: small enough to stay in a core's
+# cache while the blocks are solved ...
+PANEL_BYTES = 1 << 18
+# ... but each row is read over at least this many consecutive columns (whole cache
+# lines) even when the blocks are narrow.
+MIN_RUN = 64
+
+
+def split_geometry(chain: Chain, split_at: int) -> tuple:
+    """``(b1, c1, rank, c2)`` of the root split between factors ``split_at - 1`` and
+    ``split_at`` (0-based): rows per block, column groups, rank, columns per block."""
+    left = chain.fused(0, split_at)
+    right = chain.fused(split_at, len(chain))
+    c1 = right.a  # the root has a = 1
+    return left.b, c1, left.c // c1, right.c
+
+
+def _chunks(size: int, n_tasks: int, min_size: int = PARALLEL_MIN_SIZE) -> tuple:
+    """``(parallel, n_chunks)`` for a pass over ``size`` entries in ``n_tasks`` tasks."""
+    threads = numba.get_num_threads()
+    if size >= min_size and threads > 1 and n_tasks > 1:
+        return True, min(n_tasks, CHUNKS_PER_THREAD * threads)
+    return False, 1
+
+
+def split_errors(matrix: np.ndarray, chain: Chain, columns=None) -> np.ndarray:
+    """``E_l = min ‖matrix[:, columns] − A B‖_F`` over ``A`` on ``fuse(π_1..π_l)`` and
+    ``B`` on ``fuse(π_{l+1}..π_L)``, for ``l = 1..L-1`` (absolute).
+
+    Each split is one pass over the matrix (blocks gathered into cache, best rank-``r``
+    error of each; no factor values are built).
+
+    Raises
+    ------
+    ValueError
+        If the matrix holds NaN or Inf.
+    """
+    m, n = matrix.shape
+    columns = np.arange(n, dtype=np.int64) if columns is None else np.ascontiguousarray(columns, dtype=np.int64)
+    matrix = np.ascontiguousarray(matrix)
+    wide = np.complex128 if matrix.dtype.kind == "c" else np.float64
+    work = np.zeros(1, dtype=wide)
+    tol = 8.0 * np.finfo(np.float64).eps
+    errors = np.empty(len(chain) - 1)
+    double = None
+    for split_at in range(1, len(chain)):
+        b1, c1, rank, c2 = split_geometry(chain, split_at)
+        if rank > 1:
+            if double is None:  # LAPACK in double precision whatever the data's
+                double = np.ascontiguousarray(matrix, dtype=wide)
+            out = _outputs(1)
+            _error_kernels.split_errors_rank_r_serial(double, columns, b1, c1, rank, *out)
+        elif c2 <= _error_kernels.GRAM_SIDE and b1 >= _error_kernels.NARROW_RATIO * c2:
+            parallel, n_chunks = _chunks(matrix.size, c1)
+            kernel = (_error_kernels.split_errors_narrow_parallel if parallel
+                      else _error_kernels.split_errors_narrow_serial)
+            out = _outputs(n_chunks)
+            kernel(matrix, columns, b1, c1, tol, work, n_chunks, *out)
+        else:
+            run = max(PANEL_BYTES // (b1 * c2 * matrix.itemsize), -(-MIN_RUN // c2))
+            batch = max(1, min(c1, run))
+            parallel, n_chunks = _chunks(matrix.size, (m // b1) * -(-c1 // batch))
+            kernel = (_error_kernels.split_errors_rank_one_parallel if parallel
+                      else _error_kernels.split_errors_rank_one_serial)
+            out = _outputs(n_chunks)
+            kernel(matrix, columns, b1, c1, batch, tol, work, n_chunks, *out)
+        _, residual2, exponent, bad = out
+        if bad.sum():
+            where = tuple(int(i) for i in np.argwhere(~np.isfinite(matrix))[0])
+            raise ValueError(f"matrix contains NaN or Inf (first at index {where})")
+        errors[split_at - 1] = _sum_scaled(residual2, exponent)
+    return errors
+
+
+def _outputs(n_chunks: int) -> tuple:
+    return (np.zeros(n_chunks), np.zeros(n_chunks), np.zeros(n_chunks, dtype=np.int64),
+            np.zeros(n_chunks, dtype=np.int64))
+
+
+def _sum_scaled(values: np.ndarray, exponents: np.ndarray) -> float:
+    """``sqrt(Σ values[k] · 4**exponents[k])`` without overflow or underflow."""
+    if not np.any(values > 0):
+        return 0.0 if np.all(np.isfinite(values)) else math.inf
+    top = int(exponents[values > 0].max())
+    return math.ldexp(math.sqrt(float(np.ldexp(values, 2 * (exponents - top)).sum())), top)
+
+
+def fuse_values(chain: Chain, values, start: int, stop: int) -> np.ndarray:
+    """Values of ``X_start ⋯ X_{stop-1}`` on the pattern ``chain.fused(start, stop)``.
+
+    ``values`` are the factors' 4-D arrays.  Each step multiplies the running product by
+    the next factor: node ``(a, B1*b2, c1*C2, d)`` from its left part
+    ``(a, B1, c1*r, b2*d)`` and right part ``(a*c1, r*b2, C2, d)`` (the split of
+    DESIGN.md §3 read backwards):
+    ``T[i, j1*b2 + j2, k1*C2 + k2, t] = Σ_ρ L[i, j1, k1*r + ρ, j2*d + t] · R[i*c1 + k1, ρ*b2 + j2, k2, t]``.
+    Cost: the fused pattern's number of values times the rank, per step.
+    """
+    product = np.asarray(values[start])
+    for index in range(start + 1, stop):
+        node = chain.fused(start, index + 1)
+        left = chain.fused(start, index)
+        right = chain[index]
+        a, d = node.a, node.d
+        c1 = right.a // a
+        rank = left.c // c1
+        b1, c2 = left.b, right.c
+        b2 = node.b // b1
+        # (a, B1, c1*r, b2*d) -> (a, B1, c1, r, b2, d);  (a*c1, r*b2, C2, d) -> (a, c1, r, b2, C2, d)
+        lhs = product.reshape(a, b1, c1, rank, b2, d)
+        rhs = np.asarray(values[index]).reshape(a, c1, rank, b2, c2, d)
+        # -> (a, B1, b2, c1, C2, d) = (a, B, C, d)
+        product = np.einsum("ijkrst,ikrsqt->ijskqt", lhs, rhs).reshape(tuple(node))
+    return product
+
+
+def product_errors(matrix: np.ndarray, chain: Chain, values, columns=None, row_inside=None,
+                   column_inside=None) -> tuple:
+    """``(‖matrix‖, inside, total)``: the norm of ``matrix`` and the error
+    ``‖matrix[:, columns] − X_1⋯X_L‖_F`` over the entries inside (rows and columns marked
+    by ``row_inside``/``column_inside``, default all) and over all entries.
+
+    One pass over ``matrix``: the product is fused into two factors at the split where
+    they are smallest (``O(N^1.5)`` values for a square butterfly), and every entry of
+    the product is a rank-``r`` inner product of the two (`fuse_values`).  The product is
+    evaluated in double precision from factor values in their own precision.
+    """
+    m, n = matrix.shape
+    columns = np.arange(n, dtype=np.int64) if columns is None else np.ascontiguousarray(columns, dtype=np.int64)
+    row_inside = np.ones(m, dtype=np.bool_) if row_inside is None else np.ascontiguousarray(row_inside, dtype=np.bool_)
+    column_inside = (np.ones(n, dtype=np.bool_) if column_inside is None
+                     else np.ascontiguousarray(column_inside, dtype=np.bool_))
+    matrix = np.ascontiguousarray(matrix)
+    kind = "c" if matrix.dtype.kind == "c" or any(np.asarray(v).dtype.kind == "c" for v in values) else "f"
+    work = np.zeros(1, dtype=np.complex128 if kind == "c" else np.float64)
+    if len(chain) == 1:
+        # (1, m, n, 1): the factor is the product
+        left = np.ones((1, 1, m), dtype=work.dtype)
+        right = np.ascontiguousarray(np.asarray(values[0]).reshape(1, m, n))
+        b1, c1, rank = 1, 1, 1
+    else:
+        split_at = min(range(1, len(chain)),
+                       key=lambda h: chain.fused(0, h).nnz + chain.fused(h, len(chain)).nnz)
+        b1, c1, rank, c2 = split_geometry(chain, split_at)
+        left = fuse_values(chain, values, 0, split_at)
+        right = fuse_values(chain, values, split_at, len(chain))
+        left = np.ascontiguousarray(left.reshape(b1, c1 * rank, m // b1))
+        right = np.ascontiguousarray(right.reshape(c1, rank * (m // b1), c2))
+    inverse = np.empty(n, dtype=np.int64)
+    inverse[columns] = np.arange(n)  # column c of matrix meets column inverse[c] of the product
+    if not np.all(column_inside):  # given per product column: read per matrix column
+        column_inside = np.ascontiguousarray(column_inside[inverse])
+    parallel, n_chunks = _chunks(matrix.size, m // b1, PRODUCT_PARALLEL_MIN_SIZE)
+    kernel = _error_kernels.product_error_parallel if parallel else _error_kernels.product_error_serial
+    sums = np.zeros((n_chunks, 3))
+    exponents = np.zeros(n_chunks, dtype=np.int64)
+    groups = inverse // (n // c1)
+    column_inside = column_inside.astype(np.float64)  # 1.0 / 0.0: a branch-free split
+    kernel(matrix, inverse, groups, row_inside, column_inside, left, right, b1, c1, rank, work,
+           n_chunks, sums, exponents)
+    norm = _sum_scaled(sums[:, 0], exponents)
+    inside = _sum_scaled(sums[:, 1], exponents)
+    total = _sum_scaled(sums[:, 1] + sums[:, 2], exponents)
+    return norm, inside, total
