@@ -289,7 +289,7 @@ def report(args) -> str:
     goals = _goals(results, args)
     return "\n\n".join([
         "```\n" + header + f"\nload average at end: {load[0]:.2f} / {load[1]:.2f} / {load[2]:.2f}\n```",
-        "\n".join(rows), "### Goals (issue 4)", "\n".join(goals)])
+        "\n".join(rows), "## Goals (issue 4)", "\n".join(goals)])
 
 
 def _goals(results, args) -> list[str]:
