@@ -653,18 +653,25 @@ def _available_memory():
     return None
 
 
-def _check_memory(plan, dtype, shape, input_copies, memory_limit):
+def _memory_limit_bytes(memory_limit):
+    """The ``memory_limit`` option as bytes, or None for no check (None given, or
+    ``"auto"`` where the available memory is unknown)."""
     if memory_limit is None:
-        return
-    label = repr(memory_limit)
+        return None
     if isinstance(memory_limit, str):
         if memory_limit != "auto":
             raise ValueError(f"memory_limit must be 'auto', a number of bytes or None, got {memory_limit!r}")
-        memory_limit = _available_memory()
-        if memory_limit is None:
-            return
-    elif isinstance(memory_limit, bool) or not isinstance(memory_limit, (int, np.integer)):
+        return _available_memory()
+    if isinstance(memory_limit, bool) or not isinstance(memory_limit, (int, np.integer)):
         raise TypeError(f"memory_limit must be 'auto', a number of bytes or None, got {memory_limit!r}")
+    return memory_limit
+
+
+def _check_memory(plan, dtype, shape, input_copies, memory_limit):
+    label = repr(memory_limit)
+    memory_limit = _memory_limit_bytes(memory_limit)
+    if memory_limit is None:
+        return
     needed = estimate_memory(plan, dtype, shape, input_copies)
     if needed > memory_limit:
         raise MemoryError(

@@ -615,7 +615,7 @@ def factorize_source(matrix, *, chain=None, n_factors=None, rank=1, tree="balanc
     >>> bool(np.array_equal(B.toarray(), C.toarray()))
     True
     """
-    from .factorization import (CANDIDATE_TIE, _available_memory, _hierarchical,
+    from .factorization import (CANDIDATE_TIE, _hierarchical,
                                 _perm_candidates, _plan, _residual_sum_is_exact,
                                 _resolve_chain)
     from .butterfly import Butterfly
@@ -667,7 +667,7 @@ def factorize_source(matrix, *, chain=None, n_factors=None, rank=1, tree="balanc
                                                 getattr(runner, "min_groups", 1))
         groups = group_plans[row_label]
         _check_source_memory(plan, source.dtype, padded, groups.group_bytes, in_flight,
-                             memory_limit, _available_memory)
+                             memory_limit)
         n_groups = len(groups.tasks)
         total = n_groups + len(plan) - 1
         for column_label, columns in column_candidates:
@@ -796,25 +796,18 @@ def _read_all(source: _Source, out: np.ndarray) -> None:
     else:
         source.reader.read(np.arange(source.shape[0], dtype=np.int64), out)
     if not np.all(np.isfinite(out)):
-        where = np.argwhere(~np.isfinite(out))
-        raise ValueError(
-            f"matrix contains NaN or Inf ({len(where)} entries, first at index "
-            f"{tuple(int(i) for i in where[0])}); factorize needs finite values"
-        )
+        from .factorization import _raise_not_finite
+
+        _raise_not_finite(out)
 
 
-def _check_source_memory(plan, dtype, shape, group_bytes, in_flight, memory_limit, available):
+def _check_source_memory(plan, dtype, shape, group_bytes, in_flight, memory_limit):
+    from .factorization import _memory_limit_bytes
+
+    label = repr(memory_limit)
+    memory_limit = _memory_limit_bytes(memory_limit)
     if memory_limit is None:
         return
-    label = repr(memory_limit)
-    if isinstance(memory_limit, str):
-        if memory_limit != "auto":
-            raise ValueError(f"memory_limit must be 'auto', a number of bytes or None, got {memory_limit!r}")
-        memory_limit = available()
-        if memory_limit is None:
-            return
-    elif isinstance(memory_limit, bool) or not isinstance(memory_limit, (int, np.integer)):
-        raise TypeError(f"memory_limit must be 'auto', a number of bytes or None, got {memory_limit!r}")
     needed = _estimate_source_memory(plan, dtype, shape, group_bytes, in_flight)
     if needed > memory_limit:
         raise MemoryError(
