@@ -50,12 +50,16 @@ def _chunks(size: int, n_tasks: int, min_size: int = PARALLEL_MIN_SIZE) -> tuple
     return False, 1
 
 
-def split_errors(matrix: np.ndarray, chain: Chain, columns=None) -> np.ndarray:
+def split_errors(matrix: np.ndarray, chain: Chain, columns=None, values=None) -> np.ndarray:
     """``E_l = min ‖matrix[:, columns] − A B‖_F`` over ``A`` on ``fuse(π_1..π_l)`` and
     ``B`` on ``fuse(π_{l+1}..π_L)``, for ``l = 1..L-1`` (absolute).
 
     Each split is one pass over the matrix (blocks gathered into cache, best rank-``r``
-    error of each; no factor values are built).
+    error of each; no factor values are built).  ``values``, the factors' values of a
+    butterfly on ``chain`` approximating ``matrix[:, columns]`` (e.g. the one being
+    certified), only speed it up: the power iterations of rank-one splits start from
+    the butterfly's own blocks, exactly rank one (`_warm_starts`); the errors are the
+    same to the solver's tolerance.
 
     Raises
     ------
@@ -64,6 +68,7 @@ def split_errors(matrix: np.ndarray, chain: Chain, columns=None) -> np.ndarray:
     """
     m, n = matrix.shape
     columns = np.arange(n, dtype=np.int64) if columns is None else np.ascontiguousarray(columns, dtype=np.int64)
+    contiguous = bool(np.array_equal(columns, np.arange(n)))
     matrix = np.ascontiguousarray(matrix)
     wide = np.complex128 if matrix.dtype.kind == "c" else np.float64
     work = np.zeros(1, dtype=wide)
@@ -90,13 +95,58 @@ def split_errors(matrix: np.ndarray, chain: Chain, columns=None) -> np.ndarray:
             kernel = (_error_kernels.split_errors_rank_one_parallel if parallel
                       else _error_kernels.split_errors_rank_one_serial)
             out = _outputs(n_chunks)
-            kernel(matrix, columns, b1, c1, batch, tol, work, n_chunks, *out)
+            starts, side = _NO_STARTS[work.dtype.kind], 0
+            if values is not None and min(b1, c2) > _error_kernels.GRAM_SIDE:
+                starts, side = _warm_starts(chain, values, split_at, work.dtype)
+            kernel(matrix, columns, contiguous, b1, c1, batch, tol, work, starts, side,
+                   n_chunks, *out)
         _, residual2, exponent, bad = out
         if bad.sum():
             where = tuple(int(i) for i in np.argwhere(~np.isfinite(matrix))[0])
             raise ValueError(f"matrix contains NaN or Inf (first at index {where})")
         errors[split_at - 1] = _sum_scaled(residual2, exponent)
     return errors
+
+
+def gather(matrix: np.ndarray, rows=None, columns=None) -> np.ndarray:
+    """``matrix[rows][:, columns]`` (``None``: all, in order) as a new C-contiguous
+    array, by a Numba kernel (``numpy.take`` along the columns is several times
+    slower).  Indices must be valid (checked by the callers)."""
+    m, n = matrix.shape
+    rows = np.arange(m, dtype=np.int64) if rows is None else np.ascontiguousarray(rows, dtype=np.int64)
+    columns = np.arange(n, dtype=np.int64) if columns is None else np.ascontiguousarray(columns, dtype=np.int64)
+    out = np.empty((len(rows), len(columns)), dtype=matrix.dtype)
+    parallel, _ = _chunks(out.size, len(rows))
+    (_error_kernels.gather_parallel if parallel else _error_kernels.gather_serial)(
+        np.ascontiguousarray(matrix), rows, columns, out)
+    return out
+
+
+# Placeholder start vectors (one dtype per kind, so the kernels compile once each).
+_NO_STARTS = {"f": np.zeros((1, 1, 1)), "c": np.zeros((1, 1, 1), dtype=np.complex128)}
+
+
+def _warm_starts(chain: Chain, values, split_at: int, dtype) -> tuple:
+    """``(starts, side)`` for `_error_kernels.split_errors_rank_one_serial`: the top
+    singular vectors of the blocks of the butterfly with factor ``values`` at a
+    rank-one split, from the fused factors on the cheaper side.
+
+    Fused at the split, the product is ``left[0, j1, k1, j2] · right[k1, j2, k2, 0]``:
+    block ``(k1, j2)`` is the rank-one ``a bᵀ`` with ``a = left[0, :, k1, j2]`` (its
+    left singular vector, side 2) and ``b = right[k1, j2, :, 0]`` (``conj(b)`` is its
+    right one, side 1).  ``left`` has ``m·c1`` values, ``right`` ``n·b2``: the smaller
+    is built (at most ``~N^1.5`` for a square butterfly).  Placeholder and side 0 when
+    the values are complex but the matrix real (no real start vector)."""
+    if dtype.kind == "f" and any(np.asarray(v).dtype.kind == "c" for v in values):
+        return _NO_STARTS["f"], 0
+    m, n = chain.shape
+    b1, c1, _, c2 = split_geometry(chain, split_at)
+    b2 = m // b1
+    if m * c1 <= n * b2:
+        left = fuse_values(chain, values, 0, split_at).reshape(b1, c1, b2)
+        return np.ascontiguousarray(left.transpose(1, 2, 0), dtype=dtype), 2
+    right = fuse_values(chain, values, split_at, len(chain)).reshape(c1, b2, c2)
+    return np.ascontiguousarray(np.conj(right), dtype=dtype), 1
 
 
 def _outputs(n_chunks: int) -> tuple:

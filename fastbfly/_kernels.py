@@ -255,24 +255,8 @@ def _residual2(M, rows, cols, u, w):
 
 
 @_kernel()
-def _top_left_vector_2(M, rows, cols, u, v):
-    """Top left singular vector ``u`` of a block with ``min(rows, cols) == 2``, in closed
-    form from the 2 × 2 Gram matrix of its smaller side (``v`` is workspace)."""
-    by_rows = rows == 2
-    # G = M Mᴴ (rows == 2) or Mᴴ M (cols == 2) = [[p, q], [q̄, s]]
-    p = 0.0
-    s = 0.0
-    q = M[0, 0] * 0.0
-    if by_rows:
-        for k in range(cols):
-            p += _abs2(M[0, k])
-            s += _abs2(M[1, k])
-            q += M[0, k] * np.conj(M[1, k])
-    else:
-        for j in range(rows):
-            p += _abs2(M[j, 0])
-            s += _abs2(M[j, 1])
-            q += np.conj(M[j, 0]) * M[j, 1]
+def _gram_vector_2(p, s, q):
+    """Unit top eigenvector ``(x0, x1)`` of the 2 × 2 Gram matrix ``[[p, q], [q̄, s]]``."""
     half_gap = 0.5 * (p - s)
     lam = 0.5 * (p + s) + math.sqrt(half_gap * half_gap + _abs2(q))
     # Two algebraically equivalent eigenvectors; take the one without cancellation.
@@ -287,9 +271,39 @@ def _top_left_vector_2(M, rows, cols, u, v):
         x0 = 1.0 + 0.0 * q
         x1 = 0.0 * q
         norm = 1.0
+    return x0 / norm, x1 / norm
+
+
+@_kernel()
+def _top_left_vector_2(M, rows, cols, u, v):
+    """Top left singular vector ``u`` of a block with ``min(rows, cols) == 2``, in closed
+    form from the 2 × 2 Gram matrix of its smaller side (``v`` is workspace)."""
+    by_rows = rows == 2
+    # G = M Mᴴ (rows == 2) or Mᴴ M (cols == 2) = [[p, q], [q̄, s]], in the precision of
+    # ``u`` (adding ``zero`` widens float32 data exactly: its squares cannot underflow).
+    u[0] = 0.0  # (u may hold garbage, NaN included: not u[0] * 0.0)
+    zero = u[0]
+    p = 0.0
+    s = 0.0
+    q = zero
+    if by_rows:
+        for k in range(cols):
+            x0 = zero + M[0, k]
+            x1 = zero + M[1, k]
+            p += _abs2(x0)
+            s += _abs2(x1)
+            q += x0 * np.conj(x1)
+    else:
+        for j in range(rows):
+            x0 = zero + M[j, 0]
+            x1 = zero + M[j, 1]
+            p += _abs2(x0)
+            s += _abs2(x1)
+            q += np.conj(x0) * x1
+    x0, x1 = _gram_vector_2(p, s, q)
     target = u if by_rows else v
-    target[0] = x0 / norm
-    target[1] = x1 / norm
+    target[0] = x0
+    target[1] = x1
     if not by_rows:  # u = M v / ‖M v‖
         inv = 1.0 / math.sqrt(_times(M, rows, cols, v, u))
         for j in range(rows):
@@ -350,6 +364,286 @@ def _top_left_vector(M, rows, cols, row_norm2, norm2, u, v, w, tol):
             v[k] = w[k] * inv
 
 
+# Blocks whose ‖M‖² (summed in float64 as gathered) is within [SAFE_NORM2_LOW,
+# SAFE_NORM2_HIGH] are solved as they are, without `_gather_scale`'s pass that rewrites
+# the block: no square overflowed, squares that underflowed are below 2**-770 of ‖M‖²,
+# and the closed 2 × 2 forms, which square ‖M‖², stay 2**-200 away from subnormals.
+# Others (huge, tiny, empty, NaN/Inf) are rescaled first.  float32 data always pass.
+SAFE_NORM2_LOW = 2.0 ** -300
+SAFE_NORM2_HIGH = 2.0 ** 300
+
+
+@_kernel(inline="always")
+def _square(z):
+    """``|z|²`` in float64 (squares of float32 data neither round nor underflow)."""
+    re = np.float64(z.real)
+    im = np.float64(z.imag)
+    return re * re + im * im
+
+
+@_kernel()
+def _gather_rows(node, columns, i, j2, t, b1, b2, c2, k1_first, k1_count, panel, row_norm2,
+                 staged, stage):
+    """``panel[kk, j1, k2] = node[i, j1*b2 + j2, columns[(k1_first + kk)*c2 + k2], t]``
+    and ``row_norm2[kk, j1]`` = squared norm of that row of block ``kk`` (float64): the
+    block's norms come with the copy instead of in passes of their own.  Whole node rows
+    are read in turn, so a scattered column permutation stays cache friendly.  Four
+    partial sums in a fixed order: independent chains (not latency bound) and the same
+    bits whatever the build vectorizes.
+
+    With ``stage`` (a scattered permutation of a node with ``d == 1``) each row is first
+    copied whole into ``staged[0]``, a sequential read the hardware prefetches, and then
+    permuted from there (L2): permuting straight from memory misses on the first touch
+    of every cache line in an order no prefetcher follows."""
+    for j1 in range(b1):
+        row = j1 * b2 + j2
+        if stage:
+            source = staged[0]
+            for k in range(source.shape[0]):
+                source[k] = node[i, row, k, 0]
+        for kk in range(k1_count):
+            first_column = (k1_first + kk) * c2
+            s0 = 0.0
+            s1 = 0.0
+            s2 = 0.0
+            s3 = 0.0
+            k2 = 0
+            if stage:
+                while k2 + 4 <= c2:
+                    x0 = source[columns[first_column + k2]]
+                    x1 = source[columns[first_column + k2 + 1]]
+                    x2 = source[columns[first_column + k2 + 2]]
+                    x3 = source[columns[first_column + k2 + 3]]
+                    panel[kk, j1, k2] = x0
+                    panel[kk, j1, k2 + 1] = x1
+                    panel[kk, j1, k2 + 2] = x2
+                    panel[kk, j1, k2 + 3] = x3
+                    s0 += _square(x0)
+                    s1 += _square(x1)
+                    s2 += _square(x2)
+                    s3 += _square(x3)
+                    k2 += 4
+            while k2 + 4 <= c2:
+                x0 = node[i, row, columns[first_column + k2], t]
+                x1 = node[i, row, columns[first_column + k2 + 1], t]
+                x2 = node[i, row, columns[first_column + k2 + 2], t]
+                x3 = node[i, row, columns[first_column + k2 + 3], t]
+                panel[kk, j1, k2] = x0
+                panel[kk, j1, k2 + 1] = x1
+                panel[kk, j1, k2 + 2] = x2
+                panel[kk, j1, k2 + 3] = x3
+                s0 += _square(x0)
+                s1 += _square(x1)
+                s2 += _square(x2)
+                s3 += _square(x3)
+                k2 += 4
+            while k2 < c2:
+                x0 = staged[0, columns[first_column + k2]] if stage else node[
+                    i, row, columns[first_column + k2], t]
+                panel[kk, j1, k2] = x0
+                s0 += _square(x0)
+                k2 += 1
+            row_norm2[kk, j1] = (s0 + s1) + (s2 + s3)
+
+
+@_kernel()
+def _power_step(M, rows, cols, v, u, w):
+    """``u = M v`` and ``w = Mᴴ u`` in one pass over ``M`` (each row is used twice while
+    it is in L1); returns ``‖u‖²``.  The dot products use four partial sums in a fixed
+    order (not latency bound, and the same bits in every build)."""
+    w[0] = 0.0  # a zero of its type
+    zero = w[0]
+    for k in range(cols):
+        w[k] = zero
+    norm2 = 0.0
+    for j in range(rows):
+        a0 = zero
+        a1 = zero
+        a2 = zero
+        a3 = zero
+        k = 0
+        while k + 4 <= cols:
+            a0 += M[j, k] * v[k]
+            a1 += M[j, k + 1] * v[k + 1]
+            a2 += M[j, k + 2] * v[k + 2]
+            a3 += M[j, k + 3] * v[k + 3]
+            k += 4
+        while k < cols:
+            a0 += M[j, k] * v[k]
+            k += 1
+        acc = (a0 + a1) + (a2 + a3)
+        u[j] = acc
+        norm2 += _abs2(acc)
+        for k in range(cols):
+            w[k] += np.conj(M[j, k]) * acc
+    return norm2
+
+
+@_kernel()
+def _top_pair(M, rows, cols, row_norm2, norm2, u, v, w, tol):
+    """Top singular pair of a block with ``rows, cols >= 3``: unit ``u`` and
+    ``w = Mᴴ u``; returns ``σ² = ‖w‖²``.
+
+    The iteration of `_top_left_vector` (same start, same stopping rules), with each
+    step's two products in one pass over ``M`` (`_power_step`) and the last ``w`` kept,
+    so no further pass is needed for ``σ``.
+    """
+    best_row = 0
+    for j in range(1, rows):
+        if row_norm2[j] > row_norm2[best_row]:
+            best_row = j
+    inv = 1.0 / math.sqrt(row_norm2[best_row])
+    for k in range(cols):
+        v[k] = np.conj(M[best_row, k]) * inv
+    sigma2_old = 0.0
+    increase_old = 0.0
+    sigma2 = 0.0
+    for _ in range(MAX_POWER_STEPS):
+        inv = 1.0 / math.sqrt(_power_step(M, rows, cols, v, u, w))
+        for j in range(rows):
+            u[j] *= inv
+        sigma2 = 0.0
+        for k in range(cols):
+            w[k] *= inv
+            sigma2 += _abs2(w[k])
+        error2 = norm2 - sigma2
+        increase = sigma2 - sigma2_old
+        if error2 <= 8.0 * tol * norm2 or increase <= tol * sigma2:
+            return sigma2
+        if increase_old > 0.0 and increase < increase_old:
+            ratio = increase / increase_old
+            if increase * ratio / (1.0 - ratio) <= RESIDUAL_TOL * error2:
+                return sigma2
+        sigma2_old = sigma2
+        increase_old = increase
+        inv = 1.0 / math.sqrt(sigma2)
+        for k in range(cols):
+            v[k] = w[k] * inv
+    return sigma2
+
+
+@_kernel()
+def _residual2_rows(M, rows, cols, u, w):
+    """``‖M − u wᴴ‖²`` directly, like `_residual2`, with four partial sums."""
+    total = 0.0
+    for j in range(rows):
+        uj = u[j]
+        s0 = 0.0
+        s1 = 0.0
+        s2 = 0.0
+        s3 = 0.0
+        k = 0
+        while k + 4 <= cols:
+            s0 += _abs2(M[j, k] - uj * np.conj(w[k]))
+            s1 += _abs2(M[j, k + 1] - uj * np.conj(w[k + 1]))
+            s2 += _abs2(M[j, k + 2] - uj * np.conj(w[k + 2]))
+            s3 += _abs2(M[j, k + 3] - uj * np.conj(w[k + 3]))
+            k += 4
+        while k < cols:
+            s0 += _abs2(M[j, k] - uj * np.conj(w[k]))
+            k += 1
+        total += (s0 + s1) + (s2 + s3)
+    return total
+
+
+@_kernel()
+def _gather_two_rows(node, columns, i, j2, t, b2, c2, k1_first, k1_count, panel, row_norm2,
+                     cross, staged, stage):
+    """`_gather_rows` for two rows per block (``b1 == 2``), which also sums the off
+    diagonal ``cross[kk] = Σ_k M[0, k] conj(M[1, k])`` of each block's Gram matrix, in
+    the precision of ``cross``: the closed 2 × 2 form then needs no pass of its own."""
+    cross[0] = 0.0  # a zero of its type (cross may hold garbage, NaN included)
+    zero = cross[0]
+    row0 = j2
+    row1 = b2 + j2
+    if stage:  # see `_gather_rows`
+        for k in range(staged.shape[1]):
+            staged[0, k] = node[i, row0, k, 0]
+            staged[1, k] = node[i, row1, k, 0]
+    for kk in range(k1_count):
+        first_column = (k1_first + kk) * c2
+        p = 0.0
+        s = 0.0
+        q = zero
+        for k2 in range(c2):
+            column = columns[first_column + k2]
+            if stage:
+                x0 = staged[0, column]
+                x1 = staged[1, column]
+            else:
+                x0 = node[i, row0, column, t]
+                x1 = node[i, row1, column, t]
+            panel[kk, 0, k2] = x0
+            panel[kk, 1, k2] = x1
+            y0 = zero + x0
+            y1 = zero + x1
+            p += _abs2(y0)
+            s += _abs2(y1)
+            q += y0 * np.conj(y1)
+        row_norm2[kk, 0] = p
+        row_norm2[kk, 1] = s
+        cross[kk] = q
+
+
+@_kernel()
+def _two_rows_pair(M, cols, u, w):
+    """For a 2-row block and its unit top left vector ``u``: ``w = Mᴴ u`` and the
+    residual ``‖M − u wᴴ‖² = ‖u⊥ᴴ M‖²`` (``u⊥ = (−ū₁, ū₀)``, the unit vector orthogonal
+    to ``u``), computed directly, so accurate when tiny, and column by column in the same
+    pass.  Returns ``(σ² = ‖w‖², residual²)``."""
+    u0 = u[0]
+    u1 = u[1]
+    c0 = np.conj(u0)
+    c1 = np.conj(u1)
+    sigma2 = 0.0
+    residual2 = 0.0
+    for k in range(cols):
+        m0 = M[0, k]
+        m1 = M[1, k]
+        wk = np.conj(m0 * c0 + m1 * c1)
+        w[k] = wk
+        sigma2 += _abs2(wk)
+        residual2 += _abs2(u0 * m1 - u1 * m0)
+    return sigma2, residual2
+
+
+def _largest_magnitude_py(values, n_chunks, chunk_largest):
+    """``chunk_largest[c]`` = the largest ``|x|`` over chunk ``c`` of the 1-D real array
+    ``values`` (NaN if the chunk holds a NaN): one pass for `factorize`'s scale check.
+    Four running maxima (independent chains); ``x != x`` catches NaN, which ``>``
+    would skip."""
+    n = values.shape[0]
+    for chunk in prange(n_chunks):
+        start = chunk * n // n_chunks
+        stop = (chunk + 1) * n // n_chunks
+        m0 = 0.0
+        m1 = 0.0
+        m2 = 0.0
+        m3 = 0.0
+        nan = False
+        k = start
+        while k + 4 <= stop:
+            x0 = abs(np.float64(values[k]))
+            x1 = abs(np.float64(values[k + 1]))
+            x2 = abs(np.float64(values[k + 2]))
+            x3 = abs(np.float64(values[k + 3]))
+            nan |= (x0 != x0) | (x1 != x1) | (x2 != x2) | (x3 != x3)
+            m0 = max(m0, x0)
+            m1 = max(m1, x1)
+            m2 = max(m2, x2)
+            m3 = max(m3, x3)
+            k += 4
+        while k < stop:
+            x0 = abs(np.float64(values[k]))
+            nan |= x0 != x0
+            m0 = max(m0, x0)
+            k += 1
+        chunk_largest[chunk] = np.nan if nan else max(max(m0, m1), max(m2, m3))
+
+
+largest_magnitude_parallel = _jit(_largest_magnitude_py, "_parallel", parallel=True)
+
+
 def _split_rank_one_py(node, columns, b1, c1, batch, left, right, sigma_power, tol, work,
                        n_chunks, chunk_norm2, chunk_residual2, chunk_exponent, chunk_bad):
     """Best rank-one approximation of every independent block of a two-factor split.
@@ -398,16 +692,36 @@ def _split_rank_one_py(node, columns, b1, c1, batch, left, right, sigma_power, t
     processed together: those rows are gathered once, ``batch`` column groups at a time,
     into a contiguous panel (with ``t`` fastest between tasks, neighbouring tasks share
     cache lines).  Reading whole rows keeps a scattered column permutation cache
-    friendly instead of touching one cache line per entry.
+    friendly instead of touching one cache line per entry; with a permutation, ``d == 1``
+    and one batch, each row is first copied whole (`_gather_rows`).
+
+    Passes over each block (they are what costs, not the arithmetic): the gather also
+    sums the row norms (and, for 2-row blocks, the Gram matrix); blocks whose norm is in
+    a safe range (`SAFE_NORM2_LOW`) are solved unscaled; each power step is one pass
+    (`_power_step`), and the last one leaves ``w = Mᴴu``; the direct residual, needed
+    only where ``‖M‖² − σ²`` cancels, is one more pass (for 2-row blocks it comes with
+    ``w``, `_two_rows_pair`).  At the balanced root of a rank-one DFT that is the gather
+    and two passes, against the gather and seven before.
     """
     a, big_b, big_c, d = node.shape
     b2 = big_b // b1
     c2 = big_c // c1
     n_batches = (c1 + batch - 1) // batch
     n_tasks = a * b2 * d * n_batches
+    # Rows are staged (see `_gather_rows`) when the columns are permuted and whole rows
+    # are read (every batch: so each row is copied once).
+    stage = d == 1 and n_batches == 1
+    if stage:
+        stage = False
+        for k in range(big_c):
+            if columns[k] != k:
+                stage = True
+                break
     for chunk in prange(n_chunks):
         panel = np.empty((batch, b1, c2), dtype=node.dtype)
-        row_norm2 = np.empty(b1)
+        panel_norm2 = np.empty((batch, b1))
+        panel_cross = np.empty(batch, dtype=work.dtype)
+        staged = np.empty((2 if stage else 0, big_c), dtype=node.dtype)
         u = np.empty(b1, dtype=work.dtype)
         v = np.empty(c2, dtype=work.dtype)
         w = np.empty(c2, dtype=work.dtype)
@@ -422,39 +736,58 @@ def _split_rank_one_py(node, columns, b1, c1, batch, left, right, sigma_power, t
             t = group % d
             j2 = (group // d) % b2
             i = group // (d * b2)
-            for j1 in range(b1):
-                row = j1 * b2 + j2
-                for kk in range(k1_count):
-                    first_column = (k1_first + kk) * c2
-                    for k2 in range(c2):
-                        panel[kk, j1, k2] = node[i, row, columns[first_column + k2], t]
+            two_rows = b1 == 2 and c2 >= 2
+            if two_rows:
+                _gather_two_rows(node, columns, i, j2, t, b2, c2, k1_first, k1_count, panel,
+                                 panel_norm2, panel_cross, staged, stage)
+            else:
+                _gather_rows(node, columns, i, j2, t, b1, b2, c2, k1_first, k1_count, panel,
+                             panel_norm2, staged, stage)
             for kk in range(k1_count):
                 k1 = k1_first + kk
                 M = panel[kk]
-                exponent = _gather_scale(M, b1, c2)
-                if exponent == NOT_FINITE or exponent == EMPTY:
-                    bad += exponent == NOT_FINITE  # reported by the caller
-                    for j1 in range(b1):
-                        left[i, j1, k1, j2 * d + t] = 0.0
-                    for k2 in range(c2):
-                        right[i * c1 + k1, j2, k2, t] = 0.0
-                    continue
-                if min(b1, c2) == 2:
-                    # closed form; it computes ‖M‖² itself (one pass less over M)
-                    norm2 = _top_left_vector_2(M, b1, c2, u, v)
-                else:
+                row_norm2 = panel_norm2[kk]
+                norm2 = 0.0
+                for j1 in range(b1):
+                    norm2 += row_norm2[j1]
+                exponent = 0
+                if not SAFE_NORM2_LOW <= norm2 <= SAFE_NORM2_HIGH:
+                    # huge, tiny, empty or not finite (NaN fails both comparisons)
+                    exponent = _gather_scale(M, b1, c2)
+                    if exponent == NOT_FINITE or exponent == EMPTY:
+                        bad += exponent == NOT_FINITE  # reported by the caller
+                        for j1 in range(b1):
+                            left[i, j1, k1, j2 * d + t] = 0.0
+                        for k2 in range(c2):
+                            right[i * c1 + k1, j2, k2, t] = 0.0
+                        continue
                     norm2 = 0.0
                     for j1 in range(b1):
                         acc = 0.0
                         for k2 in range(c2):
-                            acc += _abs2(M[j1, k2])
+                            acc += _square(M[j1, k2])
                         row_norm2[j1] = acc
                         norm2 += acc
+                if b1 >= 3 and c2 >= 3:
+                    sigma2 = _top_pair(M, b1, c2, row_norm2, norm2, u, v, w, tol)
+                    residual2 = max(norm2 - sigma2, 0.0)
+                    if residual2 < CANCELLATION * norm2:
+                        residual2 = _residual2_rows(M, b1, c2, u, w)
+                elif two_rows:
+                    if exponent == 0:  # Gram matrix from the gather
+                        u[0], u[1] = _gram_vector_2(row_norm2[0], row_norm2[1], panel_cross[kk])
+                    else:
+                        _top_left_vector_2(M, b1, c2, u, v)
+                    sigma2, direct = _two_rows_pair(M, c2, u, w)
+                    residual2 = max(norm2 - sigma2, 0.0)
+                    if residual2 < CANCELLATION * norm2:
+                        residual2 = direct
+                else:  # a side of 1, or two columns: closed forms
                     _top_left_vector(M, b1, c2, row_norm2, norm2, u, v, w, tol)
-                sigma2 = _adjoint_times(M, b1, c2, u, w)
-                residual2 = max(norm2 - sigma2, 0.0)
-                if residual2 < CANCELLATION * norm2:
-                    residual2 = _residual2(M, b1, c2, u, w)
+                    sigma2 = _adjoint_times(M, b1, c2, u, w)
+                    residual2 = max(norm2 - sigma2, 0.0)
+                    if residual2 < CANCELLATION * norm2:
+                        residual2 = _residual2(M, b1, c2, u, w)
                 norm2_sum, residual2_sum, exponent_sum = _accumulate(
                     norm2_sum, residual2_sum, exponent_sum, norm2, residual2, exponent)
                 # left = σ**p u and right = σ**(1-p) vᴴ with σ = 2**exponent ‖w‖ and
@@ -473,8 +806,9 @@ def _split_rank_one_py(node, columns, b1, c1, batch, left, right, sigma_power, t
 
 
 # Rank-r split: Gram matrix of each block's shorter side, subspace iteration on it, one
-# refinement step against the block itself, then a one-sided Jacobi rotation of the r
-# vectors into singular vectors (see `_split_rank_r_py`).
+# refinement step against the block itself, a one-sided Jacobi rotation of the r vectors
+# into singular vectors, and the block projected on the left singular vectors (see
+# `_split_rank_r_py`).
 # A vector whose Gram-Schmidt remainder is below this fraction of its norm is numerically
 # dependent on the previous ones, and is replaced by a fresh orthogonal direction.
 DEPENDENT = 1e-13
@@ -485,6 +819,47 @@ MAX_JACOBI_SWEEPS = 30
 # Subspace iteration steps per row of the Gram matrix (times p / r) after which a dense
 # eigensolver (LAPACK) is cheaper than iterating on.
 EIGH_STEPS_PER_ROW = 2
+# Products of the block solver with at least this many multiply-adds go to BLAS (through
+# ``np.dot``, ~80 ns a call); smaller ones run as loops.  Measured per block, one thread:
+# the Gram matrix of a 32 x 48 block 12.4 µs as a loop, 2.8 µs with BLAS; 8 x 8 blocks
+# 105 ns and 148 ns; 4 x 4 blocks 19 ns and 99 ns.  (The loops' sums cannot be
+# vectorised without reordering them, and the split kernels take no fastmath.)
+BLAS_MIN_WORK = 1024
+# Values of the rank-r kernel's panel (the node rows its blocks share; 128 kB of float64).
+RANK_PANEL_VALUES = 1 << 14
+
+
+@_kernel()
+def _times_transpose(X, Y, out):
+    """``out = X Yᵀ`` for C-contiguous ``X`` (m × k), ``Y`` (n × k), ``out`` (m × n)."""
+    m, k = X.shape
+    n = Y.shape[0]
+    if m * n * k >= BLAS_MIN_WORK:
+        np.dot(X, Y.T, out)
+        return
+    for i in range(m):
+        for j in range(n):
+            acc = X[i, 0] * Y[j, 0]
+            for l in range(1, k):
+                acc += X[i, l] * Y[j, l]
+            out[i, j] = acc
+
+
+@_kernel()
+def _times_plain(X, Y, out):
+    """``out = X Y`` for C-contiguous ``X`` (m × k), ``Y`` (k × n), ``out`` (m × n)."""
+    m, k = X.shape
+    n = Y.shape[1]
+    if m * n * k >= BLAS_MIN_WORK:
+        np.dot(X, Y, out)
+        return
+    for i in range(m):
+        for j in range(n):
+            out[i, j] = X[i, 0] * Y[0, j]
+        for l in range(1, k):
+            coefficient = X[i, l]
+            for j in range(n):
+                out[i, j] += coefficient * Y[l, j]
 
 
 @_kernel()
@@ -547,17 +922,16 @@ def _orthonormalize_rows(Z, r, n):
 
 
 @_kernel()
-def _gram(A, p, q, G):
-    """``G = A Aᴴ`` (p × p) from the contiguous rows of ``A`` (p × q); returns
+def _gram(A, conj_A, p, G):
+    """``G = A Aᴴ`` (p × p, exactly Hermitian) from the block ``A`` (p × q) and
+    ``conj_A``, its conjugate (``A`` itself for real blocks); returns
     ``‖A‖² = trace G``."""
+    _times_transpose(A, conj_A, G)
     trace = 0.0
     for j in range(p):
-        for l in range(j + 1):
-            acc = A[j, 0] * np.conj(A[l, 0])
-            for k in range(1, q):
-                acc += A[j, k] * np.conj(A[l, k])
-            G[j, l] = acc
-            G[l, j] = np.conj(acc)
+        for l in range(j):
+            G[l, j] = np.conj(G[j, l])
+        G[j, j] = G[j, j].real
         trace += G[j, j].real
     return trace
 
@@ -605,14 +979,12 @@ def _top_subspace(G, p, r, norm2, Q, Z, diag, tol):
                 for j in range(p):
                     Q[rho, j] = vectors[j, p - 1 - rho]
             return
+        # Z[ρ] = G q_ρ, as rows: Z = Q Gᵀ
+        _times_transpose(Q, G, Z)
         sigma2 = 0.0
         for rho in range(r):
             for j in range(p):
-                acc = G[j, 0] * Q[rho, 0]
-                for l in range(1, p):
-                    acc += G[j, l] * Q[rho, l]
-                Z[rho, j] = acc
-                sigma2 += (np.conj(Q[rho, j]) * acc).real
+                sigma2 += (np.conj(Q[rho, j]) * Z[rho, j]).real
         error2 = norm2 - sigma2
         increase = sigma2 - sigma2_old
         if error2 <= 8.0 * tol * norm2 or increase <= tol * sigma2:
@@ -635,7 +1007,7 @@ def _top_subspace(G, p, r, norm2, Q, Z, diag, tol):
 
 
 @_kernel()
-def _refine(A, p, q, Q, r, V, Y):
+def _refine(A, conj_A, q, Q, r, V, Y):
     """From the left basis ``Q`` (r × p): ``V`` (r × q) an orthonormal basis of the
     rows of ``Qᴴ A`` and ``Y = (A V̄ᵀ)ᵀ``, i.e. ``Y[ρ] = A v_ρ``; ``Σ_ρ y_ρ v_ρᴴ`` is the
     approximation ``A V Vᴴ``.
@@ -645,20 +1017,9 @@ def _refine(A, p, q, Q, r, V, Y):
     in the row space of ``A`` up to ``ε σ₁`` whatever ``Q``'s error within it, which
     brings exact low-rank blocks back to the accuracy of an SVD (``ε ‖A‖``).
     """
-    for rho in range(r):
-        for k in range(q):
-            V[rho, k] = 0.0
-        for j in range(p):
-            coefficient = Q[rho, j]
-            for k in range(q):
-                V[rho, k] += np.conj(A[j, k]) * coefficient
+    _times_plain(Q, conj_A, V)  # V[ρ, k] = Σ_j Q[ρ, j] conj(A[j, k]): the rows of Qᵀ Ā
     _orthonormalize_rows(V, r, q)
-    for rho in range(r):
-        for j in range(p):
-            acc = A[j, 0] * V[rho, 0]
-            for k in range(1, q):
-                acc += A[j, k] * V[rho, k]
-            Y[rho, j] = acc
+    _times_transpose(V, A, Y)  # Y[ρ, j] = Σ_k A[j, k] V[ρ, k]
 
 
 @_kernel()
@@ -667,7 +1028,7 @@ def _jacobi_rows(Y, p, V, q, r, sigma):
     ``V ← Jᵀ V``; ``Σ y_ρ v_ρᴴ`` is unchanged) until the ``y_ρ`` are orthogonal: then
     ``y_ρ = σ_ρ u_ρ`` and the ``v_ρ`` are right singular vectors.  One-sided Jacobi, on
     ``Y`` itself rather than its Gram matrix, so no accuracy is lost to squaring.
-    ``sigma[ρ] = ‖y_ρ‖`` on return."""
+    ``q = 0`` leaves ``V`` alone.  ``sigma[ρ] = ‖y_ρ‖`` on return."""
     for _ in range(MAX_JACOBI_SWEEPS):
         rotated = False
         for k in range(r - 1):
@@ -720,6 +1081,20 @@ def _low_rank_residual2(A, p, q, Y, V, r):
     return total
 
 
+@_kernel()
+def _rank_r_residual2(A, p, q, Y, V, r, norm2, sigma):
+    """``‖A − Σ_ρ y_ρ v_ρᴴ‖²`` for orthonormal ``v_ρ`` and ``sigma[ρ] = ‖y_ρ‖`` (or
+    orthonormal ``y_ρ`` and ``sigma[ρ] = ‖v_ρ‖``): ``‖A‖² − Σ σ_ρ²``, recomputed
+    directly when that has lost most digits to cancellation."""
+    captured = 0.0
+    for rho in range(r):
+        captured += sigma[rho] * sigma[rho]
+    residual2 = max(norm2 - captured, 0.0)
+    if residual2 < CANCELLATION * norm2:
+        residual2 = _low_rank_residual2(A, p, q, Y, V, r)
+    return residual2
+
+
 def _split_rank_r_py(node, columns, b1, c1, rank, batch, left, right, sigma_power, tol,
                      work, n_chunks, chunk_norm2, chunk_residual2, chunk_exponent,
                      chunk_bad):
@@ -740,12 +1115,26 @@ def _split_rank_r_py(node, columns, b1, c1, rank, batch, left, right, sigma_powe
     (`_top_subspace`); one product with ``A`` each way (`_refine`) then gives the
     approximation ``A V Vᴴ`` with the accuracy of an SVD on exact low-rank blocks, and a
     Jacobi rotation of the ``r`` pairs (`_jacobi_rows`) turns it into singular
-    triplets.  The cost is linear in the block's size for a fixed shorter side (the
-    one-SVD-per-block kernel it replaces spent most of its time in LAPACK's per-call
-    overhead and full decompositions: 3-6x slower on noisy low-rank blocks).  LAPACK
-    is called only for blocks whose subspace iteration is slow (flat spectra, pure
-    noise), on the small ``p × p`` Gram matrix (`_top_subspace`), so the
-    ``parallel=True`` build makes few, small LAPACK calls from its threads.
+    triplets.  The cost is linear in the block's size for a fixed shorter side.
+
+    With ``sigma_power = 0`` (the left child is an orthonormal leaf) the approximation
+    written is a projection on the left, ``M ≈ U Uᴴ M`` with ``U`` (``b1 × r``)
+    orthonormal, so every block's residual is orthogonal to its left vectors, as in the
+    rank-one kernel (``u (Mᴴu)ᴴ``): that is what makes the errors of an orthonormalised
+    left-to-right factorization add up exactly (DESIGN.md §4;
+    `fastbfly.factorization._residual_sum_is_exact`).  For tall blocks (``A = Mᴴ``)
+    ``M ≈ V (A V)ᴴ`` always is one (and its right rows are orthogonal too); for wide
+    blocks the left vectors ``u_ρ = y_ρ / σ_ρ`` are taken and the right side is
+    recomputed as ``Uᴴ M`` (``p q r`` more; its error is never above that of
+    ``A V Vᴴ``).  Otherwise wide blocks keep ``A V Vᴴ``, whose right rows ``V`` are
+    orthonormal: the side that later splits see through (right-to-left and balanced
+    trees) stays an isometry.
+
+    Products of the Gram matrix, the refinement and the projection run through BLAS
+    once they are large enough (``BLAS_MIN_WORK``: small single-threaded calls, also
+    from the threads of the ``parallel=True`` build); LAPACK only for blocks whose
+    subspace iteration is slow (flat spectra, pure noise), on the small ``p × p`` Gram
+    matrix (`_top_subspace`).
     """
     a, big_b, big_c, d = node.shape
     b2 = big_b // b1
@@ -753,15 +1142,29 @@ def _split_rank_r_py(node, columns, b1, c1, rank, batch, left, right, sigma_powe
     transposed = b1 > c2
     p = c2 if transposed else b1
     q = b1 if transposed else c2
+    complex_work = np.iscomplexobj(work)
+    # wide blocks whose left vectors are kept as they are (σ**0 u): see the Notes
+    left_projection = sigma_power == 0.0
+    # A task: `batch` consecutive t of `groups` consecutive column groups k1, whose
+    # blocks share the node's b1 rows: those are read once, in runs of groups·C2
+    # columns (with one column group per task, a 64 x 16 block reads 64 rows 8 kB
+    # apart for 128 bytes each: 5 ms per million entries, against 0.9 ms for whole runs).
+    groups = max(1, min(c1, RANK_PANEL_VALUES // (batch * b1 * c2)))
+    n_groups = (c1 + groups - 1) // groups
     n_batches = (d + batch - 1) // batch
-    n_tasks = a * b2 * c1 * n_batches
+    n_tasks = a * b2 * n_groups * n_batches
     for chunk in prange(n_chunks):
-        panel = np.empty((batch, p, q), dtype=work.dtype)
+        panel = np.empty((batch, b1, groups * c2), dtype=work.dtype)
+        # the block being solved, and its conjugate (complex data only)
+        A = np.empty((p, q), dtype=work.dtype)
+        conj_A = np.empty((p, q) if complex_work else (1, 1), dtype=work.dtype)
         G = np.empty((p, p), dtype=work.dtype)
         Q = np.empty((rank, p), dtype=work.dtype)
         Z = np.empty((rank, p), dtype=work.dtype)
         V = np.empty((rank, q), dtype=work.dtype)
         Y = np.empty((rank, p), dtype=work.dtype)
+        # wide blocks: conj(Uᴴ A) as rows, the conjugated right vectors times σ
+        W = np.empty((rank, q), dtype=work.dtype)
         diag = np.empty(p)
         sigma = np.empty(rank)
         order = np.empty(rank, dtype=np.int64)
@@ -773,23 +1176,34 @@ def _split_rank_r_py(node, columns, b1, c1, rank, batch, left, right, sigma_powe
             t_first = (task % n_batches) * batch
             t_count = min(batch, d - t_first)
             group = task // n_batches
-            k1 = group % c1
-            j2 = (group // c1) % b2
-            i = group // (c1 * b2)
-            # (b1 rows of the node) × (C2 gathered columns) × (t_count contiguous t)
+            k1_first = (group % n_groups) * groups
+            width = min(groups, c1 - k1_first) * c2
+            j2 = (group // n_groups) % b2
+            i = group // (n_groups * b2)
+            # (b1 rows of the node) × (width gathered columns) × (t_count contiguous t)
             for j1 in range(b1):
                 row = j1 * b2 + j2
-                for k2 in range(c2):
-                    column = columns[k1 * c2 + k2]
-                    for tt in range(t_count):
-                        value = node[i, row, column, t_first + tt]
-                        if transposed:
-                            panel[tt, k2, j1] = np.conj(value)
-                        else:
-                            panel[tt, j1, k2] = value
-            for tt in range(t_count):
+                if t_count == 1:  # the root (d = 1): the inner loop reads a run of the row
+                    for column in range(width):
+                        panel[0, j1, column] = node[i, row, columns[k1_first * c2 + column], t_first]
+                else:
+                    for column in range(width):
+                        source = columns[k1_first * c2 + column]
+                        for tt in range(t_count):
+                            panel[tt, j1, column] = node[i, row, source, t_first + tt]
+            for block in range(width // c2 * t_count):
+                tt = block % t_count
+                k1 = k1_first + block // t_count
                 t = t_first + tt
-                A = panel[tt]
+                first = (k1 - k1_first) * c2
+                if transposed:
+                    for j1 in range(b1):
+                        for k2 in range(c2):
+                            A[k2, j1] = np.conj(panel[tt, j1, first + k2])
+                else:
+                    for j1 in range(b1):
+                        for k2 in range(c2):
+                            A[j1, k2] = panel[tt, j1, first + k2]
                 exponent = _gather_scale(A, p, q)
                 if exponent == NOT_FINITE or exponent == EMPTY:
                     bad += exponent == NOT_FINITE  # reported by the caller
@@ -799,17 +1213,48 @@ def _split_rank_r_py(node, columns, b1, c1, rank, batch, left, right, sigma_powe
                         for k2 in range(c2):
                             right[i * c1 + k1, rho * b2 + j2, k2, t] = 0.0
                     continue
-                norm2 = _gram(A, p, q, G)
+                if complex_work:
+                    for j in range(p):
+                        for k in range(q):
+                            conj_A[j, k] = np.conj(A[j, k])
+                else:
+                    conj_A = A
+                norm2 = _gram(A, conj_A, p, G)
                 _top_subspace(G, p, rank, norm2, Q, Z, diag, tol)
-                _refine(A, p, q, Q, rank, V, Y)
-                _jacobi_rows(Y, p, V, q, rank, sigma)
-                captured = 0.0
+                _refine(A, conj_A, q, Q, rank, V, Y)
+                # M ≈ Σ_ρ L_ρ R_ρᴴ with unit left vectors L_ρ, and ‖R_ρ‖ = σ_ρ unless
+                # right_unit (then R_ρ is unit and σ_ρ is ‖y_ρ‖)
+                right_unit = False
+                if transposed:  # M = Aᴴ ≈ Σ v_ρ y_ρᴴ = V (Vᴴ M): L = V, R = Y
+                    _jacobi_rows(Y, p, V, q, rank, sigma)
+                    residual2 = _rank_r_residual2(A, p, q, Y, V, rank, norm2, sigma)
+                    L = V
+                    R = Y
+                elif left_projection:  # M = A ≈ U (Uᴴ A), u_ρ = y_ρ / σ_ρ: L = U (in Y), R = W
+                    _jacobi_rows(Y, p, V, 0, rank, sigma)
+                    for rho in range(rank):
+                        inv = 1.0 / sigma[rho] if sigma[rho] > 0.0 else 0.0
+                        for j in range(p):
+                            Y[rho, j] *= inv
+                    # W[ρ, k] = Σ_j u_ρ[j] conj(A[j, k]): the rows of conj(Uᴴ A)
+                    _times_plain(Y, conj_A, W)
+                    for rho in range(rank):
+                        sigma[rho] = _row_norm(W, rho, q) if sigma[rho] > 0.0 else 0.0
+                    residual2 = _rank_r_residual2(A, p, q, Y, W, rank, norm2, sigma)
+                    L = Y
+                    R = W
+                else:  # M = A ≈ Σ y_ρ v_ρᴴ = (A V) Vᴴ: L = Y / σ, R = V (unit)
+                    _jacobi_rows(Y, p, V, q, rank, sigma)
+                    residual2 = _rank_r_residual2(A, p, q, Y, V, rank, norm2, sigma)
+                    for rho in range(rank):
+                        inv = 1.0 / sigma[rho] if sigma[rho] > 0.0 else 0.0
+                        for j in range(p):
+                            Y[rho, j] *= inv
+                    right_unit = True
+                    L = Y
+                    R = V
                 for rho in range(rank):
-                    captured += sigma[rho] * sigma[rho]
                     order[rho] = rho
-                residual2 = max(norm2 - captured, 0.0)
-                if residual2 < CANCELLATION * norm2:
-                    residual2 = _low_rank_residual2(A, p, q, Y, V, rank)
                 norm2_sum, residual2_sum, exponent_sum = _accumulate(
                     norm2_sum, residual2_sum, exponent_sum, norm2, residual2, exponent)
                 # singular values in decreasing order (insertion sort of r indices)
@@ -831,22 +1276,16 @@ def _split_rank_r_py(node, columns, b1, c1, rank, batch, left, right, sigma_powe
                         for k2 in range(c2):
                             right[i * c1 + k1, right_row, k2, t] = 0.0
                         continue
-                    # σ = 2**exponent · s in true units; y_ρ = s u_ρ (scaled units)
+                    # σ = 2**exponent · s in true units (s in the block's scaled units)
                     true_sigma = math.ldexp(s, exponent)
                     left_scale = true_sigma ** sigma_power
                     right_scale = true_sigma ** (1.0 - sigma_power)
-                    if transposed:  # M = Aᴴ ≈ Σ v_ρ y_ρᴴ: u = v_ρ, vᴴ = y_ρᴴ / s
-                        for j1 in range(b1):
-                            left[i, j1, column, j2 * d + t] = V[rho, j1] * left_scale
+                    if not right_unit:
                         right_scale /= s
-                        for k2 in range(c2):
-                            right[i * c1 + k1, right_row, k2, t] = np.conj(Y[rho, k2]) * right_scale
-                    else:  # M = A ≈ Σ y_ρ v_ρᴴ: u = y_ρ / s, vᴴ = v_ρᴴ
-                        left_scale /= s
-                        for j1 in range(b1):
-                            left[i, j1, column, j2 * d + t] = Y[rho, j1] * left_scale
-                        for k2 in range(c2):
-                            right[i * c1 + k1, right_row, k2, t] = np.conj(V[rho, k2]) * right_scale
+                    for j1 in range(b1):
+                        left[i, j1, column, j2 * d + t] = L[rho, j1] * left_scale
+                    for k2 in range(c2):
+                        right[i * c1 + k1, right_row, k2, t] = np.conj(R[rho, k2]) * right_scale
         chunk_norm2[chunk] = norm2_sum
         chunk_residual2[chunk] = residual2_sum
         chunk_exponent[chunk] = exponent_sum
@@ -1219,49 +1658,595 @@ def _apply_pairs_py(packed, steps, gather, scatter, x, out, work):
         for p in range(scatter.shape[0]):
             out[scatter[p]] = src[p]
 
+# One vector, several steps per pass.  Two or three consecutive steps whose ``d`` are
+# ``{q, 2q}`` or ``{q, 2q, 4q}`` act on groups of 4 or 8 rows ``r + {0, q, 2q, ...}``
+# that no other block of those steps touches: load a group once, apply every step in
+# registers, store it once.  The values of a pass are stored in the order its loop
+# consumes them (*fused order*, built once per `Butterfly`, direction and dtype), so
+# they stream front to back instead of coming from 4-12 places up to ``4 q`` blocks
+# apart.  A pass reads and writes the same rows in each iteration, so all but the
+# first run in place.  Measured against `_apply_pairs_py` (DFT complex128, one vector,
+# kernel alone, loaded machine, same run): N = 1024 22 -> 18 µs, N = 4096 114 -> 84 µs,
+# N = 16384 640 -> 400 µs.  Three steps per pass everywhere measured no faster than
+# two (the complex arithmetic, not memory, bounds these sizes), so the plan uses three
+# only for odd runs; ``fastmath={"contract"}`` (FMA) made LLVM drop the SLP packing.
+#
+# ``program`` (int64) describes a product:
+#
+#     program[0] = P (passes), program[1] = len(gather), program[2] = len(scatter),
+#     program[3 + 6 p : 9 + 6 p] = (k, q, s0, s1, s2, offset) for pass p: k steps,
+#         step j pairing rows s_j apart (s_j = 0 for j >= k), values from ``offset``;
+#     then gather, then scatter (each empty for the identity).
+#
+# Indices are unsigned (``_U1``... are uint64 constants): Numba adds a wraparound test
+# to every signed index, which here cost almost half the time (two steps per pass,
+# DFT N = 1024 complex128, the five passes timed alone: 17.6 µs signed, 9.8 µs
+# unsigned).
+_U1, _U2, _U3, _U4 = np.uint64(1), np.uint64(2), np.uint64(3), np.uint64(4)
+PROGRAM_HEADER = 3
+PROGRAM_ROW = 6
+
 
 @_kernel()
-def _pairs_pass_mat(packed, a, d, offset, src, dst):
-    """`_pairs_pass` for a C-ordered block of vectors: the innermost loop runs over the
-    right-hand sides, so each block's four values are loaded once per row pair."""
-    m = src.shape[1]
-    for i in range(a):
-        first = 2 * i * d
-        second = first + d
-        base = offset + 4 * i * d
+def _one_step_pass(values, v, d, src, gather, dst):
+    """One step in fused order: rows ``(r, r + d)``, values from ``v``; ``src`` is
+    read through ``gather`` unless it is empty (a loop-invariant test: LLVM moves it
+    out of the loops)."""
+    n = dst.shape[0]
+    gathered = gather.shape[0] > 0
+    ud = np.uint64(d)
+    v = np.uint64(v)
+    for g in range(n // (2 * d)):
+        first = np.uint64(2 * g * d)
         for t in range(d):
-            v = base + 4 * t
-            v00, v01, v10, v11 = packed[v], packed[v + 1], packed[v + 2], packed[v + 3]
-            for r in range(m):
-                x0 = src[first + t, r]
-                x1 = src[second + t, r]
-                dst[first + t, r] = v00 * x0 + v01 * x1
-                dst[second + t, r] = v10 * x0 + v11 * x1
+            r = first + np.uint64(t)
+            if gathered:
+                x0, x1 = src[gather[r]], src[gather[r + ud]]
+            else:
+                x0, x1 = src[r], src[r + ud]
+            dst[r] = values[v] * x0 + values[v + _U1] * x1
+            dst[r + ud] = values[v + _U2] * x0 + values[v + _U3] * x1
+            v += _U4
 
 
-def _apply_pairs_mat_py(packed, steps, gather, scatter, x, out, work):
-    """`_apply_pairs_py` for ``x`` and ``out`` of shape ``(n, m)``, C-ordered; ``work``
-    is ``(2, n, m)``.  The row permutations are applied in a pass of their own (one
-    copy, small next to the ``L`` factor passes)."""
-    n_steps = steps.shape[0]
-    m = x.shape[1]
+@_kernel()
+def _two_step_pass(values, v, q, s0, s1, src, gather, dst):
+    """Two steps on the rows ``r + {0, s0, s1, s0 + s1}`` (``{s0, s1} = {q, 2q}``):
+    first the pairs ``s0`` apart, then those ``s1`` apart; 16 values per row group.
+    (Written out: inlined helpers taking arrays left reference counting calls in the
+    loop, twice as slow.)"""
+    n = dst.shape[0]
+    gathered = gather.shape[0] > 0
+    u0, u1 = np.uint64(s0), np.uint64(s1)
+    u01 = u0 + u1
+    v = np.uint64(v)
+    for g in range(n // (4 * q)):
+        first = np.uint64(4 * g * q)
+        for t in range(q):
+            r = first + np.uint64(t)
+            if gathered:
+                x0, x1 = src[gather[r]], src[gather[r + u0]]
+                x2, x3 = src[gather[r + u1]], src[gather[r + u01]]
+            else:
+                x0, x1, x2, x3 = src[r], src[r + u0], src[r + u1], src[r + u01]
+            y0 = values[v] * x0 + values[v + _U1] * x1
+            y1 = values[v + _U2] * x0 + values[v + _U3] * x1
+            v += _U4
+            y2 = values[v] * x2 + values[v + _U1] * x3
+            y3 = values[v + _U2] * x2 + values[v + _U3] * x3
+            v += _U4
+            dst[r] = values[v] * y0 + values[v + _U1] * y2
+            dst[r + u1] = values[v + _U2] * y0 + values[v + _U3] * y2
+            v += _U4
+            dst[r + u0] = values[v] * y1 + values[v + _U1] * y3
+            dst[r + u01] = values[v + _U2] * y1 + values[v + _U3] * y3
+            v += _U4
+
+
+@_kernel()
+def _three_step_pass(values, v, q, s0, s1, s2, src, gather, dst):
+    """Three steps on the rows ``r + {0, s0, s1, s0 + s1, s2, s0 + s2, s1 + s2,
+    s0 + s1 + s2}`` (``{s0, s1, s2} = {q, 2q, 4q}``), pairs ``s0`` apart first, then
+    ``s1``, then ``s2``; 48 values per row group."""
+    n = dst.shape[0]
+    gathered = gather.shape[0] > 0
+    u0, u1, u2 = np.uint64(s0), np.uint64(s1), np.uint64(s2)
+    u01, u02, u12 = u0 + u1, u0 + u2, u1 + u2
+    u012 = u01 + u2
+    v = np.uint64(v)
+    for g in range(n // (8 * q)):
+        first = np.uint64(8 * g * q)
+        for t in range(q):
+            r = first + np.uint64(t)
+            if gathered:
+                x0, x1 = src[gather[r]], src[gather[r + u0]]
+                x2, x3 = src[gather[r + u1]], src[gather[r + u01]]
+                x4, x5 = src[gather[r + u2]], src[gather[r + u02]]
+                x6, x7 = src[gather[r + u12]], src[gather[r + u012]]
+            else:
+                x0, x1, x2, x3 = src[r], src[r + u0], src[r + u1], src[r + u01]
+                x4, x5, x6, x7 = src[r + u2], src[r + u02], src[r + u12], src[r + u012]
+            # pairs s0 apart
+            y0 = values[v] * x0 + values[v + _U1] * x1
+            y1 = values[v + _U2] * x0 + values[v + _U3] * x1
+            v += _U4
+            y2 = values[v] * x2 + values[v + _U1] * x3
+            y3 = values[v + _U2] * x2 + values[v + _U3] * x3
+            v += _U4
+            y4 = values[v] * x4 + values[v + _U1] * x5
+            y5 = values[v + _U2] * x4 + values[v + _U3] * x5
+            v += _U4
+            y6 = values[v] * x6 + values[v + _U1] * x7
+            y7 = values[v + _U2] * x6 + values[v + _U3] * x7
+            v += _U4
+            # pairs s1 apart
+            x0 = values[v] * y0 + values[v + _U1] * y2
+            x2 = values[v + _U2] * y0 + values[v + _U3] * y2
+            v += _U4
+            x1 = values[v] * y1 + values[v + _U1] * y3
+            x3 = values[v + _U2] * y1 + values[v + _U3] * y3
+            v += _U4
+            x4 = values[v] * y4 + values[v + _U1] * y6
+            x6 = values[v + _U2] * y4 + values[v + _U3] * y6
+            v += _U4
+            x5 = values[v] * y5 + values[v + _U1] * y7
+            x7 = values[v + _U2] * y5 + values[v + _U3] * y7
+            v += _U4
+            # pairs s2 apart
+            dst[r] = values[v] * x0 + values[v + _U1] * x4
+            dst[r + u2] = values[v + _U2] * x0 + values[v + _U3] * x4
+            v += _U4
+            dst[r + u0] = values[v] * x1 + values[v + _U1] * x5
+            dst[r + u02] = values[v + _U2] * x1 + values[v + _U3] * x5
+            v += _U4
+            dst[r + u1] = values[v] * x2 + values[v + _U1] * x6
+            dst[r + u12] = values[v + _U2] * x2 + values[v + _U3] * x6
+            v += _U4
+            dst[r + u01] = values[v] * x3 + values[v + _U1] * x7
+            dst[r + u012] = values[v + _U2] * x3 + values[v + _U3] * x7
+            v += _U4
+
+
+def _apply_pairs_vec_py(values, program, x, out):
+    """``out = P_out K_L ⋯ K_1 P_in x`` for one vector, from a plan in fused order (see
+    above).  The first pass reads ``x`` through ``gather``; the others run in place in
+    ``out``, or, with a ``scatter``, in a scratch vector scattered into ``out`` at the
+    end."""
+    n_passes = program[0]
+    start = PROGRAM_HEADER + PROGRAM_ROW * n_passes
+    gather = program[start:start + program[1]]
+    scatter = program[start + program[1]:start + program[1] + program[2]]
+    no_gather = program[:0]
+    work = np.empty_like(out) if scatter.shape[0] > 0 else out
     src = x
-    if gather.shape[0] > 0:
-        for p in range(gather.shape[0]):
-            row = gather[p]
-            for r in range(m):
-                work[1, p, r] = x[row, r]
-        src = work[1]
-    for s in range(n_steps):
-        last = s == n_steps - 1
-        dst = out if last and scatter.shape[0] == 0 else work[s % 2]
-        _pairs_pass_mat(packed, steps[s, 0], steps[s, 1], steps[s, 2], src, dst)
-        src = dst
+    for p in range(n_passes):
+        row = PROGRAM_HEADER + PROGRAM_ROW * p
+        k, q, offset = program[row], program[row + 1], program[row + 5]
+        s0, s1, s2 = program[row + 2], program[row + 3], program[row + 4]
+        g = gather if p == 0 else no_gather
+        if k == 2:
+            _two_step_pass(values, offset, q, s0, s1, src, g, work)
+        elif k == 3:
+            _three_step_pass(values, offset, q, s0, s1, s2, src, g, work)
+        else:
+            _one_step_pass(values, offset, q, src, g, work)
+        src = work
     if scatter.shape[0] > 0:
-        for p in range(scatter.shape[0]):
-            row = scatter[p]
-            for r in range(m):
-                out[row, r] = src[p, r]
+        for r in range(scatter.shape[0]):
+            out[scatter[r]] = work[r]
+
+
+# Blocks of vectors: column tiles in split layout.
+#
+# A block of ``m`` vectors is cut into column tiles, each carried through the whole
+# chain on its own (one thread per tile; no barrier between factors).  A tile is an
+# ``(n, planes, width)`` real array: for complex data the real and imaginary parts of
+# a row are two separate runs of ``width`` numbers (``planes = 2``), so the innermost
+# loop over columns is plain real arithmetic that vectorises without shuffles (on the
+# interleaved layout every product first un-zips real and imaginary parts: measured
+# 0.19 against 0.095 ms per factor, DFT N = 4096, 64 complex128 vectors, one thread);
+# real data has ``planes = 1``.  The first factor reads the (gathered) rows of the
+# interleaved input, the last writes the (scattered) rows of the output; every other
+# factor works in place on the tile, so a tile needs no second buffer.  Two factors in
+# a row whose ``d`` differ by a factor of two may be fused (`_tile_pairs4`): the four
+# rows ``{r, r + d1, r + d2, r + d1 + d2}`` are closed under both, so they are loaded
+# once for two factors, which halves the memory traffic when the tile is out of cache.
+# The kernels are compiled with ``fastmath={"contract"}`` (fused multiply-adds only,
+# no reassociation): a complex product-sum ``p a + q b`` then costs four FMA-class
+# instructions per real output instead of seven.
+
+# A tile spans at most this many columns (the length of the innermost loops): wider
+# tiles gain nothing, narrower ones pay the per-row-group set-up more often (64 / 32 /
+# 16 columns: 0.095 / 0.106 / 0.121 ms per factor, N = 4096 complex128, one thread).
+PAIRS_TILE_COLUMNS = 64
+# Blocks of vectors with at least this many (rows × real columns × factors) go to the
+# threaded build (N = 4096 with 64 complex columns: 6.3e6): below that a parallel region
+# is not worth it on a loaded machine.
+PAIRS_PARALLEL_MIN_WORK = 1 << 22
+# Serial products on tiles of at least this many bytes take two factors per pass
+# (`_tile_pairs4`): it halves the traffic through L3 / memory, which pays at N = 16384
+# (64 complex128 columns, 16 MB: 1.15 ms per two factors against 2 × 0.81 ms), not at
+# N = 4096 (4 MB: 0.21 against 2 × 0.095 ms, arithmetic-bound).
+PAIRS_FUSE_MIN_TILE_BYTES = 8 << 20
+# Whether the first two and last two factors go with the load and store passes (as
+# fast as a separate pass for the second factor, one pass fewer).
+PAIRS_FUSE_ENDS = True
+
+
+@_kernel(inline="always")
+def _tile_load_row(x, row, c0, w, tile, r):
+    """Tile row ``r`` = columns ``c0 .. c0 + w`` of row ``row`` of ``x`` (real view of
+    the input: re/im interleaved when ``planes = 2``)."""
+    if tile.shape[1] == 2:
+        # (a row view: its indices are provably non-negative, so no wraparound test
+        # turns the strided loads into gathers)
+        source = x[row, 2 * c0:]
+        for c in range(w):
+            tile[r, 0, c] = source[2 * c]
+            tile[r, 1, c] = source[2 * c + 1]
+    else:
+        source = x[row, c0:]
+        for c in range(w):
+            tile[r, 0, c] = source[c]
+
+
+@_kernel(inline="always")
+def _tile_store_row(tile, r, w, out, row, c0):
+    """The inverse of `_tile_load_row`: tile row ``r`` into row ``row`` of ``out``."""
+    if tile.shape[1] == 2:
+        target = out[row, 2 * c0:]
+        for c in range(w):
+            target[2 * c] = tile[r, 0, c]
+            target[2 * c + 1] = tile[r, 1, c]
+    else:
+        target = out[row, c0:]
+        for c in range(w):
+            target[c] = tile[r, 0, c]
+
+
+@_kernel(inline="always")
+def _cpair(pr, pi, qr, qi, ar, ai, br, bi):
+    """``p a + q b`` on split complex numbers, as one chain of multiply-adds."""
+    return pr * ar - pi * ai + qr * br - qi * bi, pr * ai + pi * ar + qr * bi + qi * br
+
+
+@_kernel(inline="always")
+def _tile_pair(packed, v, tile, r0, r1, w):
+    """Rows ``r0``, ``r1`` of the tile times the 2 × 2 block at ``packed[v:v + 4]``, in
+    place.  (For real data ``.real`` is a no-op; the complex branch is never taken.)"""
+    p, q, r, s = packed[v], packed[v + 1], packed[v + 2], packed[v + 3]
+    if tile.shape[1] == 2:
+        pr, pi, qr, qi = p.real, p.imag, q.real, q.imag
+        rr, ri, sr, si = r.real, r.imag, s.real, s.imag
+        for c in range(w):
+            ar, ai = tile[r0, 0, c], tile[r0, 1, c]
+            br, bi = tile[r1, 0, c], tile[r1, 1, c]
+            tile[r0, 0, c], tile[r0, 1, c] = _cpair(pr, pi, qr, qi, ar, ai, br, bi)
+            tile[r1, 0, c], tile[r1, 1, c] = _cpair(rr, ri, sr, si, ar, ai, br, bi)
+    else:
+        pr, qr, rr, sr = p.real, q.real, r.real, s.real
+        for c in range(w):
+            a = tile[r0, 0, c]
+            b = tile[r1, 0, c]
+            tile[r0, 0, c] = pr * a + qr * b
+            tile[r1, 0, c] = rr * a + sr * b
+
+
+@_kernel(inline="always")
+def _first_item(start, period):
+    """``divmod(start, period)``: where a slice ``start ..`` of a pass begins."""
+    i = start // period
+    return i, start - i * period
+
+
+@_kernel(fastmath={"contract"})
+def _tile_first(packed, d, offset, x, gather, c0, w, tile, start, stop):
+    """Load the tile rows of pairs ``start .. stop`` (pair ``i d + t`` is rows
+    ``2 i d + t`` and ``+ d``) from ``x[gather]``, columns ``c0 .. c0 + w``, and apply
+    the first factor to them.  Pair by pair, so the rows are still in L1 for the
+    arithmetic (one loop doing both has six memory streams, more than the vectoriser's
+    overlap checks allow)."""
+    i, t = _first_item(start, d)
+    for _ in range(start, stop):
+        r0 = 2 * i * d + t
+        r1 = r0 + d
+        _tile_load_row(x, gather[r0] if gather.shape[0] > 0 else r0, c0, w, tile, r0)
+        _tile_load_row(x, gather[r1] if gather.shape[0] > 0 else r1, c0, w, tile, r1)
+        _tile_pair(packed, offset + 4 * (i * d + t), tile, r0, r1, w)
+        t += 1
+        if t == d:
+            t = 0
+            i += 1
+
+
+@_kernel(fastmath={"contract"})
+def _tile_last(packed, d, offset, tile, w, out, scatter, c0, start, stop):
+    """Apply the last factor to pairs ``start .. stop`` and store their rows into
+    ``out`` (scattered)."""
+    i, t = _first_item(start, d)
+    for _ in range(start, stop):
+        r0 = 2 * i * d + t
+        r1 = r0 + d
+        _tile_pair(packed, offset + 4 * (i * d + t), tile, r0, r1, w)
+        _tile_store_row(tile, r0, w, out, scatter[r0] if scatter.shape[0] > 0 else r0, c0)
+        _tile_store_row(tile, r1, w, out, scatter[r1] if scatter.shape[0] > 0 else r1, c0)
+        t += 1
+        if t == d:
+            t = 0
+            i += 1
+
+
+@_kernel(fastmath={"contract"})
+def _tile_store(tile, w, out, scatter, c0, start, stop):
+    """Store tile rows ``start .. stop`` into ``out`` (a chain of one factor)."""
+    for r in range(start, stop):
+        _tile_store_row(tile, r, w, out, scatter[r] if scatter.shape[0] > 0 else r, c0)
+
+
+@_kernel(fastmath={"contract"})
+def _tile_pairs2(packed, d, offset, tile, w, start, stop):
+    """One factor on pairs ``start .. stop`` of the tile, in place."""
+    i, t = _first_item(start, d)
+    for _ in range(start, stop):
+        r0 = 2 * i * d + t
+        _tile_pair(packed, offset + 4 * (i * d + t), tile, r0, r0 + d, w)
+        t += 1
+        if t == d:
+            t = 0
+            i += 1
+
+
+@_kernel(inline="always")
+def _tile_quad(packed, v1, v2, lo, tile, r0, r1, r2, r3, w):
+    """Rows ``r0 .. r3`` of the tile through two factors in place: first the blocks at
+    ``v1`` (rows ``r0, r1``) and ``v1 + 4 lo`` (rows ``r2, r3``), then those at ``v2``
+    (rows ``r0, r2``) and ``v2 + 4 lo`` (rows ``r1, r3``).  Each row is loaded and
+    stored once."""
+    a00, a01, a10, a11 = packed[v1], packed[v1 + 1], packed[v1 + 2], packed[v1 + 3]
+    v = v1 + 4 * lo
+    b00, b01, b10, b11 = packed[v], packed[v + 1], packed[v + 2], packed[v + 3]
+    c00, c01, c10, c11 = packed[v2], packed[v2 + 1], packed[v2 + 2], packed[v2 + 3]
+    v = v2 + 4 * lo
+    e00, e01, e10, e11 = packed[v], packed[v + 1], packed[v + 2], packed[v + 3]
+    if tile.shape[1] == 2:
+        for c in range(w):
+            x0r, x0i = tile[r0, 0, c], tile[r0, 1, c]
+            x1r, x1i = tile[r1, 0, c], tile[r1, 1, c]
+            x2r, x2i = tile[r2, 0, c], tile[r2, 1, c]
+            x3r, x3i = tile[r3, 0, c], tile[r3, 1, c]
+            y0r, y0i = _cpair(a00.real, a00.imag, a01.real, a01.imag, x0r, x0i, x1r, x1i)
+            y1r, y1i = _cpair(a10.real, a10.imag, a11.real, a11.imag, x0r, x0i, x1r, x1i)
+            y2r, y2i = _cpair(b00.real, b00.imag, b01.real, b01.imag, x2r, x2i, x3r, x3i)
+            y3r, y3i = _cpair(b10.real, b10.imag, b11.real, b11.imag, x2r, x2i, x3r, x3i)
+            tile[r0, 0, c], tile[r0, 1, c] = _cpair(c00.real, c00.imag, c01.real, c01.imag,
+                                                    y0r, y0i, y2r, y2i)
+            tile[r2, 0, c], tile[r2, 1, c] = _cpair(c10.real, c10.imag, c11.real, c11.imag,
+                                                    y0r, y0i, y2r, y2i)
+            tile[r1, 0, c], tile[r1, 1, c] = _cpair(e00.real, e00.imag, e01.real, e01.imag,
+                                                    y1r, y1i, y3r, y3i)
+            tile[r3, 0, c], tile[r3, 1, c] = _cpair(e10.real, e10.imag, e11.real, e11.imag,
+                                                    y1r, y1i, y3r, y3i)
+    else:
+        for c in range(w):
+            x0, x1 = tile[r0, 0, c], tile[r1, 0, c]
+            x2, x3 = tile[r2, 0, c], tile[r3, 0, c]
+            y0 = a00.real * x0 + a01.real * x1
+            y1 = a10.real * x0 + a11.real * x1
+            y2 = b00.real * x2 + b01.real * x3
+            y3 = b10.real * x2 + b11.real * x3
+            tile[r0, 0, c] = c00.real * y0 + c01.real * y2
+            tile[r2, 0, c] = c10.real * y0 + c11.real * y2
+            tile[r1, 0, c] = e00.real * y1 + e01.real * y3
+            tile[r3, 0, c] = e10.real * y1 + e11.real * y3
+
+
+# The two-factor passes: ``d1`` first, then ``d2``, one of them twice the other.  Group
+# ``g lo + t`` (``lo = min(d1, d2)``, ``t < lo``) is the rows ``r, r + d1, r + d2,
+# r + d1 + d2`` with ``r = 4 g lo + t``, closed under both factors; the first block of
+# either factor in it is ``(i, t) = (2 g, t)`` with ``d = lo`` or ``(g, t)`` with
+# ``d = 2 lo``: index ``2 g lo + t`` both ways, and the second one is ``lo`` later.
+
+
+@_kernel(fastmath={"contract"})
+def _tile_pairs4(packed, d1, o1, d2, o2, tile, w, start, stop):
+    """Two factors on groups ``start .. stop`` of the tile in one pass, in place."""
+    lo = min(d1, d2)
+    g, t = _first_item(start, lo)
+    for _ in range(start, stop):
+        r0 = 4 * g * lo + t
+        k = 4 * (2 * g * lo + t)
+        _tile_quad(packed, o1 + k, o2 + k, lo, tile, r0, r0 + d1, r0 + d2, r0 + d1 + d2, w)
+        t += 1
+        if t == lo:
+            t = 0
+            g += 1
+
+
+@_kernel(fastmath={"contract"})
+def _tile_first4(packed, d1, o1, d2, o2, x, gather, c0, w, tile, start, stop):
+    """`_tile_first` for the first two factors at once (groups ``start .. stop``)."""
+    lo = min(d1, d2)
+    g, t = _first_item(start, lo)
+    for _ in range(start, stop):
+        r0 = 4 * g * lo + t
+        r1 = r0 + d1
+        r2 = r0 + d2
+        r3 = r1 + d2
+        _tile_load_row(x, gather[r0] if gather.shape[0] > 0 else r0, c0, w, tile, r0)
+        _tile_load_row(x, gather[r1] if gather.shape[0] > 0 else r1, c0, w, tile, r1)
+        _tile_load_row(x, gather[r2] if gather.shape[0] > 0 else r2, c0, w, tile, r2)
+        _tile_load_row(x, gather[r3] if gather.shape[0] > 0 else r3, c0, w, tile, r3)
+        k = 4 * (2 * g * lo + t)
+        _tile_quad(packed, o1 + k, o2 + k, lo, tile, r0, r1, r2, r3, w)
+        t += 1
+        if t == lo:
+            t = 0
+            g += 1
+
+
+@_kernel(fastmath={"contract"})
+def _tile_last4(packed, d1, o1, d2, o2, tile, w, out, scatter, c0, start, stop):
+    """`_tile_last` for the last two factors at once (groups ``start .. stop``)."""
+    lo = min(d1, d2)
+    g, t = _first_item(start, lo)
+    for _ in range(start, stop):
+        r0 = 4 * g * lo + t
+        r1 = r0 + d1
+        r2 = r0 + d2
+        r3 = r1 + d2
+        k = 4 * (2 * g * lo + t)
+        _tile_quad(packed, o1 + k, o2 + k, lo, tile, r0, r1, r2, r3, w)
+        _tile_store_row(tile, r0, w, out, scatter[r0] if scatter.shape[0] > 0 else r0, c0)
+        _tile_store_row(tile, r1, w, out, scatter[r1] if scatter.shape[0] > 0 else r1, c0)
+        _tile_store_row(tile, r2, w, out, scatter[r2] if scatter.shape[0] > 0 else r2, c0)
+        _tile_store_row(tile, r3, w, out, scatter[r3] if scatter.shape[0] > 0 else r3, c0)
+        t += 1
+        if t == lo:
+            t = 0
+            g += 1
+
+
+# Kinds of pass in a tile plan (`_tile_passes`).
+_FIRST, _FIRST4, _PAIRS2, _PAIRS4, _LAST, _LAST4, _STORE = 0, 1, 2, 3, 4, 5, 6
+
+
+@_kernel(inline="always")
+def _fusable(steps, s):
+    """Whether steps ``s`` and ``s + 1`` can share a pass (`_tile_quad`)."""
+    d1 = steps[s, 1]
+    d2 = steps[s + 1, 1]
+    return d2 == 2 * d1 or d1 == 2 * d2
+
+
+@_kernel()
+def _tile_passes(steps, fuse, fuse_ends):
+    """The passes over a tile, as ``(kind, first step)`` rows: the first factor(s) with
+    the load, the middle ones in place, the last one(s) with the store.  ``fuse`` lets
+    the middle factors go two per pass, ``fuse_ends`` the first two and the last two."""
+    n_steps = steps.shape[0]
+    passes = np.empty((n_steps + 1, 2), dtype=np.int64)
+    if n_steps == 1:
+        passes[0, 0], passes[0, 1] = _FIRST, 0
+        passes[1, 0], passes[1, 1] = _STORE, 0
+        return passes
+    head = 2 if fuse_ends and n_steps >= 3 and _fusable(steps, 0) else 1
+    tail = 2 if fuse_ends and n_steps - 2 >= head and _fusable(steps, n_steps - 2) else 1
+    passes[0, 0], passes[0, 1] = (_FIRST4 if head == 2 else _FIRST), 0
+    count = 1
+    s = head
+    while s < n_steps - tail:
+        if fuse and s + 1 < n_steps - tail and _fusable(steps, s):
+            passes[count, 0], passes[count, 1] = _PAIRS4, s
+            s += 2
+        else:
+            passes[count, 0], passes[count, 1] = _PAIRS2, s
+            s += 1
+        count += 1
+    passes[count, 0], passes[count, 1] = (_LAST4 if tail == 2 else _LAST), n_steps - tail
+    return passes[:count + 1]
+
+
+@_kernel(fastmath={"contract"})
+def _tile_pass(kind, s, packed, steps, gather, scatter, x, out, tile, c0, w, part, n_parts):
+    """Share ``part`` of ``n_parts`` of one pass (`_tile_passes`) over the tile."""
+    n = tile.shape[0]
+    d1 = steps[s, 1]
+    o1 = steps[s, 2]
+    # pairs (n / 2 per factor), groups of four rows (n / 4) or rows (n) in this share
+    if kind == _STORE:
+        items = n
+    elif kind == _FIRST4 or kind == _PAIRS4 or kind == _LAST4:
+        items = n // 4
+    else:
+        items = n // 2
+    start = items * part // n_parts
+    stop = items * (part + 1) // n_parts
+    if kind == _FIRST:
+        _tile_first(packed, d1, o1, x, gather, c0, w, tile, start, stop)
+    elif kind == _PAIRS2:
+        _tile_pairs2(packed, d1, o1, tile, w, start, stop)
+    elif kind == _LAST:
+        _tile_last(packed, d1, o1, tile, w, out, scatter, c0, start, stop)
+    elif kind == _STORE:
+        _tile_store(tile, w, out, scatter, c0, start, stop)
+    else:
+        d2 = steps[s + 1, 1]
+        o2 = steps[s + 1, 2]
+        if kind == _FIRST4:
+            _tile_first4(packed, d1, o1, d2, o2, x, gather, c0, w, tile, start, stop)
+        elif kind == _PAIRS4:
+            _tile_pairs4(packed, d1, o1, d2, o2, tile, w, start, stop)
+        else:
+            _tile_last4(packed, d1, o1, d2, o2, tile, w, out, scatter, c0, start, stop)
+
+
+def _apply_pairs_tiles_py(packed, steps, gather, scatter, x, out, tiles, fuse, fuse_ends,
+                          n_parts):
+    """``out = P_out K_{steps[-1]} ⋯ K_{steps[0]} P_in x`` for a block of vectors, tile
+    by tile.
+
+    ``x`` and ``out`` are C-ordered real ``(n, planes * m)`` arrays (a complex block
+    viewed as real: ``planes = 2``); ``tiles`` is ``(n_tiles, n, planes, width)`` with
+    ``n_tiles * width >= m``; ``gather`` and ``scatter`` as in `_apply_pairs_py`;
+    ``fuse`` and ``fuse_ends`` as in `_tile_passes`.  In the ``parallel=True`` build
+    the threads share the tiles (``n_parts = 1``: no barrier at all), or else every
+    pass in ``n_parts`` slices of rows (full-width tiles for a block of one tile, but a
+    barrier after every pass: `Butterfly` does not use it, measured 30× slower than
+    serial while other processes loaded the machine).
+    """
+    n_tiles, _, planes, width = tiles.shape
+    m = x.shape[1] // planes
+    passes = _tile_passes(steps, fuse, fuse_ends)
+    if n_parts == 1:
+        for q in prange(n_tiles):
+            c0 = q * width
+            w = min(width, m - c0)
+            if w > 0:
+                for p in range(passes.shape[0]):
+                    _tile_pass(passes[p, 0], passes[p, 1], packed, steps, gather, scatter,
+                               x, out, tiles[q], c0, w, 0, 1)
+    else:
+        for p in range(passes.shape[0]):
+            for part in prange(n_parts):
+                for q in range(n_tiles):
+                    c0 = q * width
+                    w = min(width, m - c0)
+                    if w > 0:
+                        _tile_pass(passes[p, 0], passes[p, 1], packed, steps, gather,
+                                   scatter, x, out, tiles[q], c0, w, part, n_parts)
+
+
+def pairs_tiles_shape(n: int, m: int, planes: int, threads: int = 1) -> tuple:
+    """Shape of the ``tiles`` scratch array of `apply_pairs_tiles` for ``m`` columns of
+    ``n`` rows: as few tiles as hold at most `PAIRS_TILE_COLUMNS` columns each, in a
+    number that ``threads`` share evenly (when there are that many columns)."""
+    n_tiles = max(1, -(-m // PAIRS_TILE_COLUMNS))
+    n_tiles = max(1, min(m, threads * -(-n_tiles // threads)))
+    return (n_tiles, n, planes, -(-m // n_tiles))
+
+
+# Per Python thread, the last tiles scratch array of each dtype, reused while big
+# enough: a fresh multi-megabyte array costs its page faults on every product (4 MB:
+# about as long as the product itself here).  Arrays above the cap are not kept.
+_TILES_SCRATCH = threading.local()
+PAIRS_SCRATCH_MAX_BYTES = 64 << 20
+
+
+def pairs_tiles_scratch(shape: tuple, dtype) -> np.ndarray:
+    """An uninitialised array of ``shape`` and ``dtype`` for the ``tiles`` argument of
+    `apply_pairs_tiles`, reusing this Python thread's previous one when it is large
+    enough (the kernels run synchronously, so a thread never uses it twice at once)."""
+    dtype = np.dtype(dtype)
+    size = math.prod(shape)
+    cache = getattr(_TILES_SCRATCH, "arrays", None)
+    if cache is None:
+        cache = _TILES_SCRATCH.arrays = {}
+    buffer = cache.get(dtype)
+    if buffer is None or buffer.size < size:
+        buffer = np.empty(size, dtype=dtype)
+        if buffer.nbytes <= PAIRS_SCRATCH_MAX_BYTES:
+            cache[dtype] = buffer
+    return buffer[:size].reshape(shape)
 
 
 class _SuperwordKernel:
@@ -1284,6 +2269,15 @@ class _SuperwordKernel:
             self._compile(packed, *arguments)
         self._dispatcher(packed, *arguments)
 
+    def specialize(self, *arguments):
+        """The kernel, compiled (with SLP) for arguments of these types, as a callable
+        without the check of ``__call__``: for a caller that passes arrays of exactly
+        these types on every call (a hot path where that check costs a measurable part
+        of a microsecond product)."""
+        if arguments[0].dtype not in self._compiled and hasattr(self._dispatcher, "compile"):
+            self._compile(*arguments)
+        return self._dispatcher
+
     def _compile(self, *arguments):
         from numba import typeof
         from numba.core import config
@@ -1300,4 +2294,21 @@ class _SuperwordKernel:
 
 
 apply_pairs = _SuperwordKernel(_jit(_apply_pairs_py))
-apply_pairs_mat = _SuperwordKernel(_jit(_apply_pairs_mat_py))
+apply_pairs_vec = _SuperwordKernel(_jit(_apply_pairs_vec_py))
+# (fastmath: see the section comment above `PAIRS_TILE_COLUMNS`)
+apply_pairs_tiles = _SuperwordKernel(
+    _jit(_apply_pairs_tiles_py, "_serial", fastmath={"contract"}))
+apply_pairs_tiles_parallel = _SuperwordKernel(
+    _jit(_apply_pairs_tiles_py, "_parallel", parallel=True, fastmath={"contract"}))
+
+
+def apply_pairs_mat(packed, steps, gather, scatter, x, out, work):
+    """`apply_pairs` for C-ordered ``x`` and ``out`` of shape ``(n, m)`` and the dtype
+    of ``packed``: `apply_pairs_tiles` on one tile, serial.  ``work`` is a C-ordered
+    scratch array of ``x.dtype`` with at least ``n * m`` elements (e.g. ``(2, n, m)``)."""
+    n, m = x.shape
+    real = np.dtype(x.dtype.char.lower())
+    planes = 2 if x.dtype.kind == "c" else 1
+    tiles = work.reshape(-1).view(real)[: n * planes * m].reshape(1, n, planes, m)
+    apply_pairs_tiles(packed, steps, gather, scatter, x.view(real), out.view(real), tiles,
+                      False, False, 1)

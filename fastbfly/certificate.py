@@ -425,12 +425,16 @@ def certify(matrix, B: Butterfly) -> Certificate:
     **Accuracy.**  ``E_l`` are computed in double precision whatever the input's
     precision (:func:`fastbfly._errors.split_errors`).  Blocks with a side of at most
     8 get ``σ₁²`` from that side's Gram matrix (closed form or a small ``eigvalsh``):
-    exact to rounding.  Larger blocks use power iteration, stopped when the
-    Kato–Temple inequality proves ``σ₁²`` within ``1e-9`` of the block's error, which
-    applies whenever ``σ₁²`` holds more than half of the block's energy (blocks whose
-    best rank-one error is below 70 % of their norm); for the other blocks the rule
-    is the geometric-tail estimate of the factorization, not a proof (in the tests,
-    Gaussian matrices: within ``1e-7``).  Where ``‖M‖² − σ₁²`` would cancel the error
+    exact to rounding.  Larger blocks use power iteration, started from ``B``'s own
+    block (exactly rank one on a rank-one split: its top singular vector comes from
+    ``B``'s fused factors, and is close to the block's when ``B`` fits well; from the
+    block's largest row otherwise), and stopped, testing after every half-step, when
+    the Kato–Temple inequality proves ``σ₁²`` within ``1e-9`` of the block's error,
+    which applies whenever ``σ₁²`` holds more than half of the block's energy (blocks
+    whose best rank-one error is below 70 % of their norm); for the other blocks the
+    rule is the geometric-tail estimate of the factorization, not a proof (in the
+    tests, Gaussian matrices: within ``1e-7``).  The start changes the work, not the
+    answer: a poor ``B`` only costs more steps.  Where ``‖M‖² − σ₁²`` would cancel the error
     is recomputed from the singular pair, so the certificate of an exact product is
     at rounding level, where the bounds hold only up to rounding: for the exact DFT at
     N = 1024, ``lower_bound`` is ``~1e-15 ‖matrix‖`` and so is ``actual_error``.
@@ -441,15 +445,18 @@ def certify(matrix, B: Butterfly) -> Certificate:
     **Cost.**  ``L − 1`` passes over the matrix for the ``E_l`` (one exact two-factor
     problem each: no cheaper exact way is known, the blocks of different splits
     neither nest nor share singular vectors) plus one pass for ``actual_error``, and
-    one gather when ``B`` has permutations.  No factor values are built for the
-    ``E_l``.  A balanced factorization costs about two such passes (its root split
-    and the much smaller nodes below), so ``certify`` costs ``~L/2`` factorizations.
-    Measured (2 cores shared with other jobs; noisy DFT, ``σ = 0.1``, bit reversal,
-    ``docs/certificate.md``, medians of 3, load average 6-7): at N = 1024 (L = 10),
-    0.28 s, 4.5 times the default factorization (0.054 s; 4.3 times in CPU time); at
-    N = 4096 (L = 12), 2.9 s (splits 2.8 s, product 0.12 s), 5.0 times the
-    factorization (0.58 s; 4.8 times in CPU time).  (Before these kernels: 8 and 18
-    times.)
+    one gather when ``B`` has permutations.  The only factor values built for the
+    ``E_l`` are the start vectors (``B`` fused on the cheaper side of each split, at
+    most ``~N^1.5`` values).  A balanced factorization costs about two such passes
+    (its root split and the much smaller nodes below), so ``certify`` costs ``~L/2``
+    factorizations.  Measured (2 cores shared with other jobs, load average 4-5, so
+    ratios scatter by ~30 %; noisy DFT, ``σ = 0.1``, bit reversal,
+    ``python benchmarks/certificate_bounds.py --cost-only``, medians of 3): at
+    N = 1024 (L = 10), 3.0 times the default factorization in wall time (0.29 s vs
+    0.084 s; 3.0 in CPU time); at N = 4096 (L = 12), 5.7 times (3.1 s vs 0.55 s,
+    splits 2.9 s, product 0.18 s; 5.6 in CPU time).  Same session, before the
+    vectorised block solvers and warm starts: 4.4 and 5.7 times (CPU 4.6 and 5.7).
+    (Before the single-pass kernels: 8 and 18 times.)
     Memory: one copy of the matrix when ``B`` has a row or column permutation or zero
     padding, none otherwise.
 
@@ -508,12 +515,14 @@ def certify(matrix, B: Butterfly) -> Certificate:
     started = time.perf_counter()
     # (M, N) = padded matrix[row_perm][:, perm]; the padding's entries count as "outside"
     target, row_inside, column_inside = _target(matrix, B)
-    errors = _errors.split_errors(target, chain) if len(chain) > 1 else np.empty(0)
+    values = [f.values for f in B.factors]
+    # B's own blocks (exactly rank one) start the power iterations near their answer
+    errors = _errors.split_errors(target, chain, values=values) if len(chain) > 1 else np.empty(0)
     split_seconds = time.perf_counter() - started
 
     started = time.perf_counter()
     norm, actual, padded = _errors.product_errors(
-        target, chain, [f.values for f in B.factors], None, row_inside, column_inside)
+        target, chain, values, None, row_inside, column_inside)
     product_seconds = time.perf_counter() - started
     return Certificate(
         chain=chain,
@@ -534,20 +543,16 @@ def _target(matrix: np.ndarray, B: Butterfly) -> tuple:
     (``matrix`` itself when nothing changes), and which rows and columns of it come from
     ``matrix`` (``None``: all of them).
 
-    The permuted copy costs one gather (about a tenth of a pass over the matrix per
-    split it saves: the ``L − 1`` splits and the product then read contiguous rows
-    instead of gathering scattered columns each time)."""
+    The permuted copy costs one gather (`_errors.gather`, less than a pass of one
+    split; the ``L − 1`` splits and the product then read contiguous rows instead of
+    gathering scattered columns each time)."""
     m, n = matrix.shape
     big_m, big_n = B.chain.shape
     rows, columns = B.row_perm, B.perm
     if (big_m, big_n) == (m, n):
         if rows is None and columns is None:
             return matrix, None, None
-        if rows is None:
-            return np.take(matrix, columns, axis=1), None, None
-        if columns is None:
-            return np.take(matrix, rows, axis=0), None, None
-        return matrix[np.ix_(rows, columns)], None, None
+        return _errors.gather(matrix, rows, columns), None, None
     rows = np.arange(big_m) if rows is None else rows
     columns = np.arange(big_n) if columns is None else columns
     row_inside = rows < m

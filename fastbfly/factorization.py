@@ -23,6 +23,7 @@ __all__ = ["factorize"]
 # milliseconds when another process holds the second core: 256 x 256 left-to-right took
 # 0.8 ms with a serial root and up to 17 ms with a parallel one.)
 PARALLEL_MIN_NODE_SIZE = 1 << 16
+RANK_R_PARALLEL_MIN_NODE_SIZE = 1 << 22
 # Blocks are handed out in this many chunks per thread (load balance vs. overhead).
 CHUNKS_PER_THREAD = 4
 # Bytes of the panel into which each task gathers the rows its blocks share.
@@ -269,17 +270,21 @@ def _candidate_workers(n_candidates: int, size: int, progress) -> int:
 def _residual_sum_is_exact(root: Node, orthonormalize: bool, chain: Chain) -> bool:
     """Whether the root-sum-square of the splits' residuals is the global error.
 
-    True for one or two factors, and for the orthonormalised left-to-right tree on
-    rank-one chains: there every split peels a leaf off the left, whose columns are
-    orthonormal, so the rest of the error is mapped isometrically and is orthogonal to
-    the split's residual (DESIGN.md §4).  For other trees the errors of later splits
-    pass through factors whose rows are not orthonormal and have cross terms with
+    True for one or two factors, and for the orthonormalised left-to-right tree, any
+    rank: there every split peels a leaf off the left whose column groups are
+    orthonormal (the ``r`` left singular vectors of each block), and every block's
+    residual is orthogonal to them (the block kernels approximate a block ``M`` by the
+    projection ``U Uᴴ M``), so the rest of the error is mapped isometrically and is
+    orthogonal to the split's residual (DESIGN.md §4).  Measured against
+    `_exact_relative_error` on noise: 1e-16 relative for rank 1-3 in double precision,
+    1e-10 in single (the factors' rounding).  For other trees the errors of later
+    splits pass through factors whose rows are not orthonormal and have cross terms with
     earlier residuals (measured: up to 3 % off for the balanced tree, 6e-5 for
-    right-to-left, 2e-7 for left-to-right on a rank-2 chain).
+    right-to-left).
     """
     if len(chain) <= 2:
         return True
-    if not orthonormalize or any(rank != 1 for rank in chain.ranks):
+    if not orthonormalize:
         return False
     node = root
     while not node.is_leaf:
@@ -331,10 +336,11 @@ def _scale_exponent(matrix: np.ndarray) -> int:
     exponent range of either end are therefore factorized scaled to ``[0.5, 1)``, and
     the power of two is given back to the factors.  NaN and Inf: 0 (refused later).
     """
-    # max/min of the real and imaginary parts: no temporary array, and no overflow of
-    # |z| for complex entries near the largest float.
-    parts = (matrix.real, matrix.imag) if matrix.dtype.kind == "c" else (matrix,)
-    biggest = max(max(float(part.max()), -float(part.min())) for part in parts)
+    # Largest |real| or |imaginary| part, in one pass over the raw values (no temporary
+    # array for large matrices, and no overflow of |z| for complex entries near the
+    # largest float); four strided max/min passes of numpy took 35 ms at N = 4096
+    # complex, this ~10 ms.
+    biggest = _largest_magnitude(matrix)
     if not np.isfinite(biggest) or biggest == 0.0:
         return 0
     exponent = math.frexp(biggest)[1]
@@ -343,6 +349,23 @@ def _scale_exponent(matrix: np.ndarray) -> int:
     if limits.minexp + margin <= exponent <= limits.maxexp - margin:
         return 0
     return exponent
+
+
+def _largest_magnitude(matrix: np.ndarray) -> float:
+    """``max |x|`` over the real and imaginary parts of ``matrix`` (NaN if it holds
+    NaN): numpy for small matrices, one threaded pass without temporaries for large
+    ones."""
+    if matrix.flags.f_contiguous and not matrix.flags.c_contiguous:
+        matrix = matrix.T  # a view: the order does not matter for a maximum
+    flat = np.ascontiguousarray(matrix).reshape(-1)
+    if flat.dtype.kind == "c":
+        flat = flat.view(flat.real.dtype)
+    if flat.size < PARALLEL_MIN_NODE_SIZE * 16:
+        return float(np.max(np.abs(flat))) if flat.size else 0.0
+    n_chunks = numba.get_num_threads()
+    chunk_largest = np.empty(n_chunks)
+    _kernels.largest_magnitude_parallel(flat, n_chunks, chunk_largest)
+    return float(chunk_largest.max()) if not np.isnan(chunk_largest).any() else math.nan
 
 
 def _ldexp(values: np.ndarray, exponent: int) -> np.ndarray:
@@ -698,7 +721,11 @@ def _split(node_values, columns, split: _Split, left, right, sigma_power):
     # Singular vectors in double precision whatever the data's precision.
     work = np.zeros(1, dtype=np.complex128 if node_values.dtype.kind == "c" else np.float64)
     tol = 8.0 * np.finfo(np.float64).eps
-    parallel = node_values.size >= PARALLEL_MIN_NODE_SIZE and threads > 1
+    # Rank-r blocks cost more per value, but their panels are fewer and coarser: below
+    # about 4M values the two-thread region was slower than one thread (1024² rank 2,
+    # 384 × 1536 rank 4, 240 × 960 rank 2; benchmarks/general_shapes.py part b).
+    min_size = RANK_R_PARALLEL_MIN_NODE_SIZE if split.rank > 1 else PARALLEL_MIN_NODE_SIZE
+    parallel = node_values.size >= min_size and threads > 1
     if split.rank > 1:
         # consecutive t of one block group, gathered together, read contiguous runs
         batch = max(1, min(d, RANK_PANEL_BYTES // (b1 * c2 * work.itemsize)))

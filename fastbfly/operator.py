@@ -39,6 +39,32 @@ class ButterflyOperator(LinearOperator):
         self.butterfly = butterfly
         super().__init__(dtype=np.dtype(butterfly.dtype), shape=butterfly.shape)
 
+    # One 1-D ndarray (what iterative solvers pass) goes straight to the Butterfly,
+    # which validates it: scipy's generic route through ``dot`` and ``matvec`` (shape
+    # checks, reshapes, ``asarray`` of the result) costs more than the product itself
+    # at small sizes.  Everything else (2-D, np.matrix, sparse, scalars, operators)
+    # keeps scipy's semantics.
+
+    def matvec(self, x):
+        if type(x) is np.ndarray and x.ndim == 1:
+            return self.butterfly._apply(x, adjoint=False, conjugate=False)
+        return super().matvec(x)
+
+    def rmatvec(self, x):
+        if type(x) is np.ndarray and x.ndim == 1:
+            return self.butterfly._apply(x, adjoint=True, conjugate=True)
+        return super().rmatvec(x)
+
+    def dot(self, x):
+        if type(x) is np.ndarray and x.ndim == 1:
+            return self.butterfly._apply(x, adjoint=False, conjugate=False)
+        return super().dot(x)
+
+    def __matmul__(self, other):
+        if type(other) is np.ndarray and other.ndim == 1:
+            return self.butterfly._apply(other, adjoint=False, conjugate=False)
+        return super().__matmul__(other)
+
     def _matvec(self, x):
         return self.butterfly.matvec(x)
 

@@ -389,3 +389,112 @@ def test_reported_relative_error_with_zero_padding(rng):
     B = fastbfly.factorize(Z, n_factors=3, pad=True, tree="balanced")
     # the error on the padded problem: what B's chain product puts in the padding counts
     assert B.info["relative_error"] == pytest.approx(certify(Z, B).relative_padded_error, rel=1e-10)
+
+
+# ------------------------------------------- warm starts: B's blocks start the power iteration
+WARM_CHAINS = {
+    "dyadic256": fastbfly.Chain.square_dyadic(256),  # 16 x 16 blocks at split 4
+    "256x1024": fastbfly.Chain.auto(256, 1024, 3),  # 64 x 16 blocks at split 2
+    "1024x256": fastbfly.Chain.auto(1024, 256, 3),  # 64 x 16 blocks, 16 column groups
+    "512x256 L=2": fastbfly.Chain.auto(512, 256, 2),  # 16 x 32 blocks
+}
+
+
+def per_block_errors(Z, chain, split_at, values):
+    """``(computed, reference, norms)``: every block's best rank-one squared error from
+    the certificate's kernel (one block per chunk, warm-started from ``values``) and
+    from LAPACK, and the blocks' squared norms, as ``(b2, c1)`` arrays."""
+    from fastbfly import _error_kernels, _errors
+
+    m, n = Z.shape
+    b1, c1, rank, c2 = _errors.split_geometry(chain, split_at)
+    b2 = m // b1
+    work = np.zeros(1, dtype=np.complex128 if Z.dtype.kind == "c" else np.float64)
+    starts, side = _errors._warm_starts(chain, values, split_at, work.dtype)
+    assert side in (1, 2)  # the warm path is the one under test
+    n_blocks = b2 * c1  # batch 1: chunk k is task k, i.e. block (j2, k1) = divmod(k, c1)
+    out = _errors._outputs(n_blocks)
+    _error_kernels.split_errors_rank_one_serial(
+        np.ascontiguousarray(Z), np.arange(n, dtype=np.int64), True, b1, c1, 1,
+        8 * np.finfo(np.float64).eps, work, starts, side, n_blocks, *out)
+    _, residual2, exponent, bad = out
+    assert not bad.any()
+    computed = np.ldexp(residual2, 2 * exponent).reshape(b2, c1)
+    blocks = Z.astype(work.dtype).reshape(b1, b2, c1, c2).transpose(1, 2, 0, 3)
+    singular = np.linalg.svd(blocks, compute_uv=False)
+    return computed, np.sum(singular[..., 1:] ** 2, axis=-1), np.sum(singular ** 2, axis=-1)
+
+
+@pytest.mark.parametrize("chain_name", list(WARM_CHAINS))
+@pytest.mark.parametrize("dtype", [np.float32, np.float64, np.complex64, np.complex128])
+@pytest.mark.parametrize("level", [0.0, 0.1, 0.5])
+def test_warm_started_blocks_match_lapack(rng, chain_name, dtype, level):
+    chain = WARM_CHAINS[chain_name]
+    dtype = np.dtype(dtype)
+    Z = product(rng, chain, dtype)
+    if level:
+        Z = noisy(rng, Z, level).astype(dtype)
+    B = fastbfly.factorize(Z, chain=chain)
+    values = [f.values for f in B.factors]
+    powered = [l for l in range(1, len(chain)) if min(_split_sides(chain, l)) > 8]
+    assert powered
+    for split_at in powered:
+        computed, reference, norms = per_block_errors(Z, chain, split_at, values)
+        # Kato-Temple: sigma_1^2 within 1e-9 of each block's error, plus rounding of
+        # ||M||^2 - sigma_1^2 (LAPACK's own: a few eps of the block's energy).  At
+        # level 0.5 some blocks have sigma_1^2 below half their energy: the stopping
+        # rule there is the geometric-tail estimate, not a proof.
+        rtol = 1e-8 if level <= 0.1 else 1e-6
+        slack = rtol * reference + 64 * np.finfo(np.float64).eps * norms
+        assert np.all(np.abs(computed - reference) <= slack), (split_at, np.max(np.abs(computed - reference) / norms))
+    errors = split_errors(Z, chain, values=values)
+    double = Z.astype(np.complex128 if dtype.kind == "c" else np.float64)  # LAPACK in double
+    exact = [svd_split_error(double, chain, np.arange(chain.shape[1]), l) for l in range(1, len(chain))]
+    if level >= 0.1:
+        np.testing.assert_allclose(errors, exact, rtol=1e-8)
+        np.testing.assert_allclose(errors, split_errors(Z, chain), rtol=1e-8)  # cold starts
+    else:  # an exact (or nearly exact) product: at rounding level of its precision
+        floor = (1e-13 if dtype.itemsize * (1 if dtype.kind == "f" else 0.5) == 8 else 1e-6) + 2 * level
+        assert np.all(np.array(errors) <= floor * np.linalg.norm(Z))
+        np.testing.assert_allclose(errors, exact, rtol=1e-6, atol=floor * np.linalg.norm(Z))
+    cert = certify(Z, B)
+    np.testing.assert_allclose(cert.split_errors, errors, rtol=1e-12, atol=1e-300)
+
+
+def _split_sides(chain, split_at):
+    from fastbfly._errors import split_geometry
+
+    b1, _, _, c2 = split_geometry(chain, split_at)
+    return b1, c2
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.complex128])
+def test_certificate_of_rank_two_and_permuted_chains_matches_lapack(rng, dtype):
+    # rank 2 (no warm start: LAPACK per block) and a column permutation (warm starts on
+    # the permuted problem)
+    for chain in (fastbfly.Chain.auto(256, 256, 3, 2), fastbfly.Chain.square_dyadic(256)):
+        Z = noisy(rng, product(rng, chain, np.dtype(dtype)), 0.1).astype(dtype)
+        perm = rng.permutation(256)
+        B = fastbfly.factorize(Z, chain=chain, perm=perm)
+        double = Z.astype(np.complex128 if np.dtype(dtype).kind == "c" else np.float64)
+        exact = [svd_split_error(double, chain, perm, l) for l in range(1, len(chain))]
+        np.testing.assert_allclose(certify(Z, B).split_errors, exact, rtol=1e-8)
+
+
+def test_warm_starts_from_a_poor_butterfly_stay_exact(rng):
+    # any B is certified, even one far from the matrix: its start vectors are then poor
+    chain = WARM_CHAINS["256x1024"]
+    Z = noisy(rng, product(rng, chain), 0.05)
+    other = fastbfly.Butterfly(random_factors(rng, chain, np.complex128))
+    exact = [svd_split_error(Z, chain, np.arange(1024), l) for l in range(1, len(chain))]
+    np.testing.assert_allclose(certify(Z, other).split_errors, exact, rtol=1e-8)
+
+
+def test_gather_matches_numpy(rng):
+    from fastbfly._errors import gather
+
+    Z = random_array(rng, (300, 257), np.complex64)
+    rows, columns = rng.permutation(300), rng.permutation(257)
+    np.testing.assert_array_equal(gather(Z, rows, columns), Z[np.ix_(rows, columns)])
+    np.testing.assert_array_equal(gather(Z, None, columns), Z[:, columns])
+    np.testing.assert_array_equal(gather(Z, rows, None), Z[rows])
