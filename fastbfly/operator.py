@@ -46,16 +46,46 @@ class ButterflyOperator(LinearOperator):
     # keeps scipy's semantics.
 
     def matvec(self, x):
+        """``A @ x`` for one vector, as scipy's ``matvec`` (a 1-D array goes straight to
+        the butterfly kernels; other inputs take scipy's route).
+
+        Examples
+        --------
+        >>> import numpy as np, fastbfly
+        >>> op = fastbfly.ButterflyOperator(fastbfly.hadamard_butterfly(4))
+        >>> op.matvec(np.array([1.0, 0.0, 0.0, 0.0]))
+        array([1., 1., 1., 1.])
+        """
         if type(x) is np.ndarray and x.ndim == 1:
             return self.butterfly._apply(x, adjoint=False, conjugate=False)
         return super().matvec(x)
 
     def rmatvec(self, x):
+        """``Aᴴ @ x`` for one vector, as scipy's ``rmatvec``.
+
+        Examples
+        --------
+        >>> import numpy as np, fastbfly
+        >>> op = fastbfly.ButterflyOperator(fastbfly.dft_butterfly(4))
+        >>> bool(np.allclose(op.rmatvec(np.ones(4)), np.fft.fft(np.eye(4)).conj().T @ np.ones(4)))
+        True
+        """
         if type(x) is np.ndarray and x.ndim == 1:
             return self.butterfly._apply(x, adjoint=True, conjugate=True)
         return super().rmatvec(x)
 
     def dot(self, x):
+        """``A @ x`` for a vector, a block of vectors, or an operator, as scipy's ``dot``.
+
+        Examples
+        --------
+        >>> import numpy as np, fastbfly
+        >>> op = fastbfly.ButterflyOperator(fastbfly.hadamard_butterfly(4))
+        >>> op.dot(np.ones(4))
+        array([4., 0., 0., 0.])
+        >>> op.dot(np.eye(4)).shape
+        (4, 4)
+        """
         if type(x) is np.ndarray and x.ndim == 1:
             return self.butterfly._apply(x, adjoint=False, conjugate=False)
         return super().dot(x)
