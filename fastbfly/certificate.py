@@ -449,14 +449,12 @@ def certify(matrix, B: Butterfly) -> Certificate:
     ``E_l`` are the start vectors (``B`` fused on the cheaper side of each split, at
     most ``~N^1.5`` values).  A balanced factorization costs about two such passes
     (its root split and the much smaller nodes below), so ``certify`` costs ``~L/2``
-    factorizations.  Measured (2 cores shared with other jobs, load average 4-5, so
-    ratios scatter by ~30 %; noisy DFT, ``σ = 0.1``, bit reversal,
-    ``python benchmarks/certificate_bounds.py --cost-only``, medians of 3): at
-    N = 1024 (L = 10), 3.0 times the default factorization in wall time (0.29 s vs
-    0.084 s; 3.0 in CPU time); at N = 4096 (L = 12), 5.7 times (3.1 s vs 0.55 s,
-    splits 2.9 s, product 0.18 s; 5.6 in CPU time).  Same session, before the
-    vectorised block solvers and warm starts: 4.4 and 5.7 times (CPU 4.6 and 5.7).
-    (Before the single-pass kernels: 8 and 18 times.)
+    factorizations.  Measured on an idle 2-core machine (noisy DFT, ``σ = 0.1``, bit
+    reversal, ``python benchmarks/certificate_bounds.py --cost-only``, medians of 3,
+    ``docs/certificate.md``): at N = 1024 (L = 10), 0.049 s, 3.5 times the default
+    factorization (0.014 s; 3.7 in CPU time); at N = 4096 (L = 12), 0.63 s (splits
+    0.58 s, product 0.04 s), 4.8 times the factorization (0.134 s; 5.0 in CPU time).
+    (Before the single-pass kernels, under load: 8 and 18 times.)
     Memory: one copy of the matrix when ``B`` has a row or column permutation or zero
     padding, none otherwise.
 
