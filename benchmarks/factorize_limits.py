@@ -17,7 +17,7 @@ count can differ per case):
 * ``NUMBA_NUM_THREADS=1`` against 2 on the same large factorization;
 * with ``--peers`` (run by the peers' Python, ``--peer-python``): pyfaust
   ``fact.butterfly(type="bbtree")`` and ``fact.fdb(hierarchical_order="left-to-right")``,
-  lazylinop ``ksd`` (balanced and l2r) on the same DFT, one run each (they are slow).
+  lazylinop ``ksd`` (balanced and l2r) on the same DFT, one timed run each (they are slow).
 
 Times are medians of ``--repeat`` runs inside the subprocess after a small warm-up
 factorization (JIT and Numba cache) and one untimed run at the full size, whose time is
@@ -128,6 +128,7 @@ def worker(case: dict) -> dict:
     lib = case["lib"]
     matrix, perm = make_input(case)
     result = {"input_bytes": int(matrix.nbytes)}
+    small, small_perm = make_input(dict(case, n=512, noise=0))
     if lib == "fastbfly":
         import numba
 
@@ -136,15 +137,7 @@ def worker(case: dict) -> dict:
         def run():
             return fastbfly.factorize(matrix, tree=case["tree"], perm=perm)
 
-        small, small_perm = make_input(dict(case, n=512, noise=0))
         fastbfly.factorize(small, tree=case["tree"], perm=small_perm)  # JIT / cache warm-up
-        del small
-        # One untimed run at the full size (reported on its own): it loads the threaded
-        # kernels the small warm-up does not use, and the first large allocations of a
-        # process fault their pages in; the median is over the runs after it.
-        started = time.perf_counter()
-        run()
-        result["first_run"] = time.perf_counter() - started
         error = lambda B: B.info["relative_error"]  # noqa: E731
         result["threads"] = numba.get_num_threads()
         with contextlib.suppress(ValueError):
@@ -152,8 +145,17 @@ def worker(case: dict) -> dict:
         repeat = case["repeat"]
     else:
         with contextlib.redirect_stdout(io.StringIO()):
+            _peer(case, small, small_perm)[0]()  # the same warm-up for the peers
             run, error = _peer(case, matrix, perm)
         repeat = 1
+    del small
+    # One untimed run at the full size for every library (reported on its own): it
+    # loads the threaded kernels the small warm-up does not use, and the first large
+    # allocations of a process fault their pages in; the median is over the runs after.
+    started = time.perf_counter()
+    with contextlib.redirect_stdout(io.StringIO()):
+        run()
+    result["first_run"] = time.perf_counter() - started
     rss_before = _current_rss()
     seconds, cpu_seconds = [], []
     for _ in range(repeat):
