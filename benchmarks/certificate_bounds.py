@@ -167,11 +167,14 @@ def main():
                   f"CPU times summed over threads (less sensitive to the other jobs).  Load "
                   f"average before: {load[0]:.1f}, after: {os.getloadavg()[0]:.1f}.\n"]
         lines += cost + ["",
-                 "Each `E_l` is one pass over the matrix (blocks solved in cache, power "
-                 "iterations started from B's own blocks), `actual_error` one more; a balanced "
-                 "factorization costs about "
-                 "two such passes, so the ratio grows like `L/2` (L = 10 at N = 1024, 12 at "
-                 "N = 4096)."]
+                 "The rank-one splits go in groups whose blocks fit together in a 1 MiB tile "
+                 "of the permuted matrix: one pass over the matrix per group (2 groups for the "
+                 "9 splits at N = 1024, 3 for the 11 at N = 4096 and the 12 at N = 8192), the "
+                 "blocks of every split of the group solved from the tile in cache (power "
+                 "iterations started from B's own blocks, Gram matrices for sides <= 8); "
+                 "`actual_error` is one more pass and the permutation one gather.  A balanced "
+                 "factorization costs about two passes.  Before the grouping (one pass per "
+                 "split) the ratio grew like `L/2`."]
     text = "\n".join(lines)
     print(text)
     if args.out:

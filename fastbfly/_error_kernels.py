@@ -4,8 +4,8 @@ Two kinds of passes over a whole matrix ``Z`` (``m × n``, the root of a chain, 
 columns are read through a gather ``columns``: entry ``(row, col)`` is
 ``Z[row, columns[col]]``):
 
-* the exact two-factor error of one split of the chain (`split_errors_rank_one_*`,
-  `split_errors_rank_r_serial`): the blocks of DESIGN.md §3 at the root
+* the exact two-factor errors of the splits of the chain (`split_errors_tiled_*`,
+  several rank-one splits per pass; `split_errors_rank_r_serial`): the blocks of DESIGN.md §3 at the root
   (``a = d = 1``), block ``(k1, j2)`` being ``M[j1, k2] = Z[j1*b2 + j2, columns[k1*C2 + k2]]``,
   each reduced to its best rank-``r`` error.  Unlike the factorization's kernels they
   write no factor values: for a certificate only the errors matter, and the scattered
@@ -53,9 +53,6 @@ SAFE_SUM_HIGH = 2.0 ** 800
 # Blocks with a side of at most this many rows or columns get their top singular value
 # from that side's Gram matrix instead of power iteration.
 GRAM_SIDE = 8
-# Tall narrow blocks (``b1 >= NARROW_RATIO · C2``, ``C2 <= GRAM_SIDE``) are streamed
-# row by row instead of gathered (`_split_errors_narrow_py`).
-NARROW_RATIO = 16
 # Reassociation and contraction only (no ``nnan``/``ninf``: the NaN checks must stay),
 # for the loops of the certificate's block solvers that are pure sums and products: it
 # lets LLVM vectorise their complex reductions, 2-4 times faster on the power
@@ -137,12 +134,15 @@ def _gram_top_eigenvalue(M, rows, cols, G):
                     acc += M[p, c] * 1.0 * np.conj(M[q, c])
                 G[p, q] = acc
                 G[q, p] = np.conj(acc)
-    else:
+    else:  # upper triangle only, row by row (``M`` is read in memory order)
         for j in range(rows):
             for p in range(k):
                 x = np.conj(M[j, p]) * 1.0
-                for q in range(k):
+                for q in range(p, k):
                     G[p, q] += x * M[j, q]
+        for p in range(k):
+            for q in range(p + 1, k):
+                G[q, p] = np.conj(G[p, q])
     return _top_eigenvalue(G, k)
 
 
@@ -228,248 +228,287 @@ def _power_sigma2(M, rows, cols, row_norm2, norm2, u, v, w, tol, warm):
     return estimate
 
 
-def _split_errors_rank_one_py(matrix, columns, contiguous, b1, c1, batch, tol, work,
-                              starts, start_side, n_chunks, chunk_norm2, chunk_residual2,
-                              chunk_exponent, chunk_bad):
-    """Best rank-one error of every block of one root split; no factor is written.
+@_kernel()
+def _load_flat_start(starts, offset, length, side, u, v):
+    """Copy one block's start vector ``starts[offset:offset + length]``,
+    normalised, into ``v`` (right, ``side == 1``) or ``u`` (left, ``side == 2``);
+    returns the side, or 0 (start from the largest row) when there is none
+    (``side == 0``) or it is zero."""
+    if side == 0:
+        return 0
+    norm2 = 0.0
+    for k in range(length):
+        norm2 += _abs2(starts[offset + k])
+    if not 0.0 < norm2 < np.inf:
+        return 0
+    inv = 1.0 / math.sqrt(norm2)
+    target = v if side == 1 else u
+    for k in range(length):
+        target[k] = starts[offset + k] * inv
+    return side
+
+
+@_kernel()
+def _block_residual2(M, rows, cols, row_norm2, norm2, u, v, w, G, tol, warm):
+    """Best rank-one error ``‖M‖² − σ₁²`` of a gathered block whose ``norm2`` is in
+    range: ``σ₁²`` from the small Gram matrix
+    when a side is at most ``GRAM_SIDE``, else by power iteration started as ``warm``
+    says (`_power_sigma2`); recomputed from the top singular pair where the
+    subtraction would have cancelled."""
+    if min(rows, cols) <= GRAM_SIDE:
+        sigma2 = _gram_top_eigenvalue(M, rows, cols, G)
+        residual2 = max(norm2 - sigma2, 0.0)
+        if residual2 < CANCELLATION * norm2:
+            _top_left_vector(M, rows, cols, row_norm2, norm2, u, v, w, tol)
+            _adjoint_times(M, rows, cols, u, w)
+            residual2 = _residual2(M, rows, cols, u, w)
+        return residual2
+    sigma2 = _power_sigma2(M, rows, cols, row_norm2, norm2, u, v, w, tol, warm)
+    residual2 = max(norm2 - sigma2, 0.0)
+    if residual2 < CANCELLATION * norm2:  # ‖M‖² − σ² lost its digits
+        _adjoint_times(M, rows, cols, u, w)
+        residual2 = _residual2(M, rows, cols, u, w)
+    return residual2
+
+
+@_kernel(fastmath=FASTMATH)
+def _gram_planes(real, imag, k, length, imaginary, G):
+    """``G[p, q] = Σ_c conj(x_p[c]) x_q[c]`` for the ``k`` vectors ``x_p = real[p] +
+    i·imag[p]`` of ``length`` entries (the Gram matrix ``Mᴴ M`` of the block whose
+    columns they are, or the conjugate of ``M Mᴴ``, with the same eigenvalues, when
+    they are its rows); returns its trace, ``‖M‖²``.  ``imaginary`` is ``1j``, or
+    ``0`` for real data (``imag`` is then zero and skipped).
+
+    Each entry is four plain-float dot products, which LLVM vectorises (the reason
+    for the planes)."""
+    complex_values = imaginary != 0.0
+    trace = 0.0
+    for p in range(k):
+        pr = real[p]
+        pi = imag[p]
+        for q in range(p, k):
+            qr = real[q]
+            qi = imag[q]
+            sr = 0.0
+            si = 0.0
+            if complex_values:
+                for c in range(length):
+                    sr += pr[c] * qr[c] + pi[c] * qi[c]
+                    si += pr[c] * qi[c] - pi[c] * qr[c]
+            else:
+                for c in range(length):
+                    sr += pr[c] * qr[c]
+            G[p, q] = sr + imaginary * si
+            G[q, p] = sr - imaginary * si
+        trace += G[p, p].real
+    return trace
+
+
+@_kernel(fastmath=FASTMATH)
+def _tile_split_errors(tile, r, first_column, m, stride, block_rows, block_columns, start_sides,
+                       start_offsets, starts, tol, imaginary, row_norm2, u, v, w, norm2_sums,
+                       residual2_sums, exponent_sums, bad):
+    """The blocks of every split of `_split_errors_tiled_py` in one tile (rows
+    ``i*stride + r``, columns from ``first_column``), solved and added to the
+    per-split sums (a function of its own: in the ``prange`` body of the parallel
+    build, Numba's parfor passes would rewrite its array allocations)."""
+    tile_rows, width = tile.shape
+    n_splits = block_rows.shape[0]
+    complex_values = imaginary != 0.0
+    for s in range(n_splits):
+        b1 = block_rows[s]
+        c2 = block_columns[s]
+        b2 = m // b1
+        spread = tile_rows // b1
+        groups = width // c2
+        side = start_sides[s]
+        length = c2 if side == 1 else b1
+        M = np.empty((b1, c2), dtype=tile.dtype)
+        # the Gram matrix must be exactly the block's smaller side (unused above)
+        side_length = min(b1, c2, GRAM_SIDE)
+        G = np.empty((side_length, side_length), dtype=u.dtype)
+        gram = side_length == min(b1, c2)  # a side of at most GRAM_SIDE
+        long_side = max(b1, c2)
+        real = np.empty((side_length, long_side))
+        imag = np.zeros((side_length, long_side))
+        for t in range(spread):
+            j2 = r + t * stride
+            for kk in range(groups):
+                k1 = first_column // c2 + kk
+                if gram:
+                    # The block's vectors along its long side, in double precision and
+                    # split into real and imaginary planes (plain floats vectorise,
+                    # complex pairs do not): rows when it is short and wide, columns
+                    # when tall and narrow.
+                    if b1 <= c2:
+                        for p in range(b1):
+                            source = tile[p * spread + t]
+                            for c in range(c2):
+                                value = source[kk * c2 + c]
+                                real[p, c] = value.real
+                                if complex_values:
+                                    imag[p, c] = value.imag
+                    else:
+                        for j1 in range(b1):
+                            source = tile[j1 * spread + t]
+                            for p in range(c2):
+                                value = source[kk * c2 + p]
+                                real[p, j1] = value.real
+                                if complex_values:
+                                    imag[p, j1] = value.imag
+                    norm2 = _gram_planes(real, imag, side_length, long_side, imaginary, G)
+                    # in range (so also finite and nonzero) and no cancellation: done;
+                    # else solved from the gathered block below
+                    if SAFE_SUM_LOW <= norm2 <= SAFE_SUM_HIGH:
+                        residual2 = max(norm2 - _top_eigenvalue(G, side_length), 0.0)
+                        if residual2 >= CANCELLATION * norm2:
+                            norm2_sums[s], residual2_sums[s], exponent_sums[s] = _accumulate(
+                                norm2_sums[s], residual2_sums[s], int(exponent_sums[s]), norm2,
+                                residual2, 0)
+                            continue
+                norm2 = 0.0
+                for j1 in range(b1):
+                    source = tile[j1 * spread + t]
+                    acc = 0.0
+                    for k2 in range(c2):
+                        value = source[kk * c2 + k2]
+                        M[j1, k2] = value
+                        acc += _abs2(value * 1.0)  # squares in double precision
+                    row_norm2[j1] = acc
+                    norm2 += acc
+                exponent = 0
+                # within range (so also finite and nonzero), no square overflowed
+                # and none that vanished mattered; else rescale, or report NaN/Inf
+                if not SAFE_SUM_LOW <= norm2 <= SAFE_SUM_HIGH:
+                    exponent, norm2 = _scan_block(M, b1, c2, row_norm2)
+                    if exponent == NOT_FINITE or exponent == EMPTY:
+                        bad[s] += exponent == NOT_FINITE  # reported by the caller
+                        continue
+                warm = 0
+                if min(b1, c2) > GRAM_SIDE:
+                    warm = _load_flat_start(starts, start_offsets[s] + (k1 * b2 + j2) * length,
+                                            length, side, u, v)
+                residual2 = _block_residual2(M, b1, c2, row_norm2, norm2, u, v, w, G, tol,
+                                             warm)
+                norm2_sums[s], residual2_sums[s], exponent_sums[s] = _accumulate(
+                    norm2_sums[s], residual2_sums[s], int(exponent_sums[s]), norm2, residual2,
+                    exponent)
+
+
+def _split_errors_tiled_py(matrix, columns, contiguous, block_rows, block_columns, start_sides,
+                           start_offsets, starts, width, tol, work, unit, n_chunks,
+                           chunk_norm2, chunk_residual2, chunk_exponent, chunk_bad):
+    """Best rank-one error of every block of several consecutive rank-one root splits,
+    in one pass over the matrix; no factor is written.
 
     Parameters
     ----------
     matrix : (m, n) array
         The root (any of the four supported dtypes).
     columns : (n,) int64 array
-        Column gather (a permutation).
-    contiguous : bool
-        ``columns`` is the identity: rows of the blocks are copied as contiguous runs.
-    b1, c1 : int
-        Rows per block and number of column groups (``b2 = m / b1``, ``C2 = n / c1``).
-    batch : int
-        Column groups gathered at once into a work panel.
-    tol, work
-        As in ``_kernels._split_rank_one_py``: the singular vectors are computed in
-        ``work``'s dtype (double precision).
-    starts : (c1, b2, k) array of ``work``'s dtype
-        Start vectors of the power iteration for block ``(k1, j2)`` (``starts[k1,
-        j2]``; any scale): right vectors (``k = C2``) when ``start_side == 1``, left
-        vectors (``k = b1``) when ``start_side == 2``, unused when ``start_side == 0``
-        (blocks then start from their largest row).  Zero vectors fall back to that.
+        Column gather (a permutation); ``contiguous``: it is the identity.
+    block_rows, block_columns : (S,) int64 arrays
+        ``b1`` and ``C2`` of the ``S`` splits, in chain order (``b1`` increasing, each
+        dividing the next; ``C2`` decreasing, each dividing the previous).
+    start_sides, start_offsets : (S,) int64 arrays
+        Per split, the side of its start vectors and where its ``(c1, b2, k)`` array
+        of them begins in ``starts``: block ``(k1, j2)`` starts the power iteration
+        from the right vector ``starts[k1, j2]`` (``k = C2``) when the side is 1,
+        from the left one (``k = b1``) when it is 2, from its largest row when it is
+        0 (or the vector is zero).  Any scale.
+    starts : 1-D array of ``work``'s dtype
+        The splits' start vectors, flattened one after the other (a placeholder
+        when no split has any).
+    width : int
+        Columns per tile: a multiple of ``block_columns[0]`` dividing ``n``.
+    tol : float
+        Convergence tolerance of the top singular vectors in the cancellation
+        fallback (``_kernels._top_left_vector``).
+    work : (1,) array
+        Its dtype (float64 or complex128) is the precision of the solvers.
+    unit : (1,) array of ``work``'s dtype
+        ``1j`` for a complex ``matrix``, else ``0`` (its imaginary planes are then
+        skipped): the imaginary unit in a type that also compiles for real data.
     n_chunks : int
-        Contiguous chunks of tasks (one parallel task each).
-    chunk_norm2, chunk_residual2, chunk_exponent, chunk_bad : (n_chunks,) arrays
-        Outputs: per chunk, the sums of ``‖M‖²`` and of the blocks' best rank-one errors
-        ``‖M‖² − σ₁²``, in units of ``4**chunk_exponent``, and the number of blocks
-        holding NaN or Inf.
+        Contiguous chunks of tiles (one parallel task each).
+    chunk_norm2, chunk_residual2, chunk_exponent, chunk_bad : (n_chunks, S) arrays
+        Outputs: per chunk and split, the sums of ``‖M‖²`` and of the blocks' best
+        rank-one errors ``‖M‖² − σ₁²``, in units of ``4**chunk_exponent``, and the
+        number of blocks holding NaN or Inf.
 
     Notes
     -----
-    A task is one ``j2`` and ``batch`` consecutive column groups ``k1``: its blocks read
-    the same ``b1`` rows, each over one contiguous run of ``batch·C2`` columns (with the
-    identity gather), gathered once into a panel that stays in cache while the blocks
-    are solved.  The gather also sums the row norms (no second pass); only blocks
-    whose ``‖M‖²`` is outside ``[SAFE_SUM_LOW, SAFE_SUM_HIGH]`` (zero, NaN/Inf,
-    squares that may have overflowed or vanished) go through `_scan_block`.  ``σ₁²`` comes from the small Gram matrix when a side is at
-    most ``GRAM_SIDE``, else from power iteration (`_power_sigma2`); where
-    ``‖M‖² − σ₁²`` would have lost its digits to cancellation (near-exact blocks) the
-    error is recomputed directly from the top singular pair.
+    Why several splits at once: a block of split ``s`` reads rows ``j1*b2 + j2``
+    (every ``b2``-th row) over ``C2`` consecutive columns.  With ``R = b1[S-1]`` and
+    ``stride = m / R``, the tile of rows ``i*stride + r`` (``i < R``) and columns
+    ``[q·width, (q+1)·width)`` holds, for every split of the group, whole blocks:
+    those with ``j2 ≡ r (mod stride)`` and column groups inside the columns, block
+    ``(k1, j2)`` with ``j2 = r + t·stride`` being tile rows ``j1·(R/b1) + t``.  So
+    the tile is copied once from the matrix (gathering the columns, into a
+    contiguous buffer: the matrix's rows are a power-of-two stride apart and would
+    collide in the cache) and all the splits' blocks are then gathered from it while
+    it stays in cache (the caller sizes it, ``TILE_BYTES``): the matrix is read once
+    per group instead of once per split.
+
+    Each block is solved in cache: blocks with a side of at most ``GRAM_SIDE`` get
+    ``σ₁²`` from their small Gram matrix, formed from real and imaginary planes
+    (`_gram_planes`); the others by power iteration (`_power_sigma2`), started
+    from the given vectors.  Only blocks whose ``‖M‖²`` is outside ``[SAFE_SUM_LOW,
+    SAFE_SUM_HIGH]`` (zero, NaN/Inf, squares that may have overflowed or vanished)
+    go through `_scan_block`, and where ``‖M‖² − σ₁²`` would have lost its digits to
+    cancellation (near-exact blocks) the error is recomputed from the top singular
+    pair (`_block_residual2`).
     """
     m, n = matrix.shape
-    b2 = m // b1
-    c2 = n // c1
-    n_batches = (c1 + batch - 1) // batch
-    n_tasks = b2 * n_batches
-    side = min(b1, c2)
+    n_splits = block_rows.shape[0]
+    tile_rows = block_rows[n_splits - 1]
+    stride = m // tile_rows
+    n_column_tiles = n // width
+    n_tiles = stride * n_column_tiles
+    widest = block_columns[0]
+    imaginary = unit[0]
     for chunk in prange(n_chunks):
-        panel = np.empty((batch, b1, c2), dtype=matrix.dtype)
-        panel_row_norm2 = np.empty((batch, b1))
-        row_norm2 = np.empty(b1)
-        u = np.empty(b1, dtype=work.dtype)
-        v = np.empty(c2, dtype=work.dtype)
-        w = np.empty(c2, dtype=work.dtype)
-        G = np.empty((side, side), dtype=work.dtype)
-        norm2_sum = 0.0
-        residual2_sum = 0.0
-        exponent_sum = 0
-        bad = 0
-        for task in range(chunk * n_tasks // n_chunks, (chunk + 1) * n_tasks // n_chunks):
-            k1_first = (task % n_batches) * batch
-            k1_count = min(batch, c1 - k1_first)
-            j2 = task // n_batches
-            for j1 in range(b1):
-                row = j1 * b2 + j2
-                for kk in range(k1_count):
-                    first_column = (k1_first + kk) * c2
-                    acc = 0.0
-                    if contiguous:
-                        for k2 in range(c2):
-                            value = matrix[row, first_column + k2]
-                            panel[kk, j1, k2] = value
-                            acc += _abs2(value * 1.0)  # squares in double precision
-                    else:
-                        for k2 in range(c2):
-                            value = matrix[row, columns[first_column + k2]]
-                            panel[kk, j1, k2] = value
-                            acc += _abs2(value * 1.0)
-                    panel_row_norm2[kk, j1] = acc
-            for kk in range(k1_count):
-                M = panel[kk]
-                exponent = 0
-                norm2 = 0.0
-                for j1 in range(b1):
-                    row_norm2[j1] = panel_row_norm2[kk, j1]
-                    norm2 += row_norm2[j1]
-                # within range (so also finite and nonzero), no square overflowed and
-                # none that vanished mattered; else rescale, or report NaN/Inf
-                if not SAFE_SUM_LOW <= norm2 <= SAFE_SUM_HIGH:
-                    exponent, norm2 = _scan_block(M, b1, c2, row_norm2)
-                    if exponent == NOT_FINITE or exponent == EMPTY:
-                        bad += exponent == NOT_FINITE  # reported by the caller
-                        continue
-                if side <= GRAM_SIDE:
-                    sigma2 = _gram_top_eigenvalue(M, b1, c2, G)
-                    residual2 = max(norm2 - sigma2, 0.0)
-                    if residual2 < CANCELLATION * norm2:
-                        _top_left_vector(M, b1, c2, row_norm2, norm2, u, v, w, tol)
-                        _adjoint_times(M, b1, c2, u, w)
-                        residual2 = _residual2(M, b1, c2, u, w)
+        tile = np.empty((tile_rows, width), dtype=matrix.dtype)
+        row_norm2 = np.empty(tile_rows)
+        u = np.empty(tile_rows, dtype=work.dtype)
+        v = np.empty(widest, dtype=work.dtype)
+        w = np.empty(widest, dtype=work.dtype)
+        norm2_sums = np.zeros(n_splits)
+        residual2_sums = np.zeros(n_splits)
+        exponent_sums = np.zeros(n_splits, dtype=np.int64)
+        bad = np.zeros(n_splits, dtype=np.int64)
+        for tile_index in range(chunk * n_tiles // n_chunks, (chunk + 1) * n_tiles // n_chunks):
+            # neighbouring tiles share their rows: consecutive column ranges
+            r = tile_index // n_column_tiles
+            first_column = (tile_index % n_column_tiles) * width
+            for i in range(tile_rows):
+                row = i * stride + r
+                if contiguous:
+                    for k in range(width):
+                        tile[i, k] = matrix[row, first_column + k]
                 else:
-                    warm = _load_start(starts, start_side, k1_first + kk, j2, u, v)
-                    sigma2 = _power_sigma2(M, b1, c2, row_norm2, norm2, u, v, w, tol, warm)
-                    residual2 = max(norm2 - sigma2, 0.0)
-                    if residual2 < CANCELLATION * norm2:  # ‖M‖² − σ² lost its digits
-                        _adjoint_times(M, b1, c2, u, w)
-                        residual2 = _residual2(M, b1, c2, u, w)
-                norm2_sum, residual2_sum, exponent_sum = _accumulate(
-                    norm2_sum, residual2_sum, exponent_sum, norm2, residual2, exponent)
-        chunk_norm2[chunk] = norm2_sum
-        chunk_residual2[chunk] = residual2_sum
-        chunk_exponent[chunk] = exponent_sum
-        chunk_bad[chunk] = bad
+                    for k in range(width):
+                        tile[i, k] = matrix[row, columns[first_column + k]]
+            _tile_split_errors(tile, r, first_column, m, stride, block_rows, block_columns,
+                               start_sides, start_offsets, starts, tol, imaginary, row_norm2, u,
+                               v, w, norm2_sums, residual2_sums, exponent_sums, bad)
+        for s in range(n_splits):
+            chunk_norm2[chunk, s] = norm2_sums[s]
+            chunk_residual2[chunk, s] = residual2_sums[s]
+            chunk_exponent[chunk, s] = exponent_sums[s]
+            chunk_bad[chunk, s] = bad[s]
 
 
-@_kernel()
-def _load_start(starts, start_side, k1, j2, u, v):
-    """Copy block ``(k1, j2)``'s start vector, normalised, into ``v`` (right, side 1) or
-    ``u`` (left, side 2); returns the side, or 0 (start from the largest row) when
-    there is none or it is zero."""
-    if start_side == 0:
-        return 0
-    start = starts[k1, j2]
-    norm2 = 0.0
-    for k in range(start.shape[0]):
-        norm2 += _abs2(start[k])
-    if not 0.0 < norm2 < np.inf:
-        return 0
-    inv = 1.0 / math.sqrt(norm2)
-    target = v if start_side == 1 else u
-    for k in range(start.shape[0]):
-        target[k] = start[k] * inv
-    return start_side
-
-
-def _split_errors_narrow_py(matrix, columns, b1, c1, tol, work, n_chunks, chunk_norm2,
-                            chunk_residual2, chunk_exponent, chunk_bad):
-    """`_split_errors_rank_one_py` for tall narrow blocks (``C2 <= GRAM_SIDE < b1``),
-    streaming the matrix row by row.
-
-    Gathering a tall block means reading ``C2`` entries from each of ``b1`` rows far
-    apart, and writing them into a panel across cache lines.  Instead, every row is
-    read once, in order, and each run of ``C2`` entries is added to the ``C2 × C2``
-    Gram matrix ``Mᴴ M`` of its block (upper triangle); the top eigenvalue of each
-    Gram matrix is ``σ₁²``.  Chunk ``k`` owns a contiguous range of column groups
-    ``k1`` (all rows), so its Gram matrices are its own.  They are stored entry-major
-    (``G[j2, pq, k1]``) so that the update of one Gram entry for all the column
-    groups of a row is one loop over the row, which vectorises, instead of ``C2²/2``
-    tiny loops per group.  Blocks whose ``‖M‖²`` (the trace) is zero, not finite or
-    outside ``[SAFE_SUM_LOW, SAFE_SUM_HIGH]`` (squares could have overflowed or
-    vanished) and near-exact blocks (``‖M‖² − σ₁²`` lost to cancellation) are gathered
-    and solved as in the panel kernel instead.  Needs ``b2·C2·n/2`` Gram entries in
-    all, which the caller keeps small by using this kernel only for
-    ``b1 >= NARROW_RATIO·C2``.
-    """
-    m, n = matrix.shape
-    b2 = m // b1
-    c2 = n // c1
-    pairs = c2 * (c2 + 1) // 2
-    for chunk in prange(n_chunks):
-        k1_first = chunk * c1 // n_chunks
-        count = (chunk + 1) * c1 // n_chunks - k1_first
-        G = np.zeros((b2, pairs, count), dtype=work.dtype)
-        line = np.empty(count * c2, dtype=work.dtype)
-        offset = k1_first * c2
-        for row in range(m):
-            for t in range(count * c2):
-                line[t] = matrix[row, columns[offset + t]]
-            Gj = G[row % b2]
-            pq = 0
-            for p in range(c2):
-                for q in range(p, c2):
-                    Gpq = Gj[pq]
-                    for kk in range(count):
-                        Gpq[kk] += np.conj(line[kk * c2 + p]) * line[kk * c2 + q]
-                    pq += 1
-        norm2_sum = 0.0
-        residual2_sum = 0.0
-        exponent_sum = 0
-        bad = 0
-        M = np.empty((b1, c2), dtype=matrix.dtype)
-        H = np.empty((c2, c2), dtype=work.dtype)
-        row_norm2 = np.empty(b1)
-        u = np.empty(b1, dtype=work.dtype)
-        v = np.empty(c2, dtype=work.dtype)
-        w = np.empty(c2, dtype=work.dtype)
-        for kk in range(count):
-            for j2 in range(b2):
-                norm2 = 0.0
-                pq = 0
-                for p in range(c2):
-                    for q in range(p, c2):
-                        H[p, q] = G[j2, pq, kk]
-                        H[q, p] = np.conj(G[j2, pq, kk])
-                        pq += 1
-                    norm2 += H[p, p].real
-                exponent = 0
-                residual2 = 0.0
-                direct = not SAFE_SUM_LOW <= norm2 <= SAFE_SUM_HIGH  # also NaN, Inf and 0
-                if not direct:
-                    residual2 = max(norm2 - _top_eigenvalue(H, c2), 0.0)
-                    direct = residual2 < CANCELLATION * norm2
-                if direct:
-                    first = (k1_first + kk) * c2
-                    for j1 in range(b1):
-                        for k2 in range(c2):
-                            M[j1, k2] = matrix[j1 * b2 + j2, columns[first + k2]]
-                    exponent, norm2 = _scan_block(M, b1, c2, row_norm2)
-                    if exponent == NOT_FINITE or exponent == EMPTY:
-                        bad += exponent == NOT_FINITE  # reported by the caller
-                        continue
-                    _top_left_vector(M, b1, c2, row_norm2, norm2, u, v, w, tol)
-                    sigma2 = _adjoint_times(M, b1, c2, u, w)
-                    residual2 = max(norm2 - sigma2, 0.0)
-                    if residual2 < CANCELLATION * norm2:
-                        residual2 = _residual2(M, b1, c2, u, w)
-                norm2_sum, residual2_sum, exponent_sum = _accumulate(
-                    norm2_sum, residual2_sum, exponent_sum, norm2, residual2, exponent)
-        chunk_norm2[chunk] = norm2_sum
-        chunk_residual2[chunk] = residual2_sum
-        chunk_exponent[chunk] = exponent_sum
-        chunk_bad[chunk] = bad
-
-
-split_errors_narrow_serial = _jit(_split_errors_narrow_py, "_serial", fastmath=FASTMATH)
-split_errors_narrow_parallel = _jit(_split_errors_narrow_py, "_parallel", parallel=True,
-                                    fastmath=FASTMATH)
-
-
-split_errors_rank_one_serial = _jit(_split_errors_rank_one_py, "_serial", fastmath=FASTMATH)
-split_errors_rank_one_parallel = _jit(_split_errors_rank_one_py, "_parallel", parallel=True,
-                                      fastmath=FASTMATH)
+split_errors_tiled_serial = _jit(_split_errors_tiled_py, "_serial", fastmath=FASTMATH)
+split_errors_tiled_parallel = _jit(_split_errors_tiled_py, "_parallel", parallel=True,
+                                   fastmath=FASTMATH)
 
 
 def _split_errors_rank_r_py(matrix, columns, b1, c1, rank, chunk_norm2, chunk_residual2,
                             chunk_exponent, chunk_bad):
     """Best rank-``rank`` error of every block of one root split (one chunk, serial:
     each block gets a LAPACK SVD, whose own threads would oversubscribe a parallel
-    region).  Blocks and outputs as in `_split_errors_rank_one_py`; ``rank <=
+    region).  Blocks and outputs as in `_split_errors_tiled_py` (one split); ``rank <=
     min(b1, C2)`` (checked by the caller)."""
     m, n = matrix.shape
     b2 = m // b1

@@ -1,5 +1,6 @@
-"""Exact errors of a chain's splits and of a butterfly product, one pass over the matrix
-each (wrappers of :mod:`fastbfly._error_kernels`; shared by `certify` and `factorize`).
+"""Exact errors of a chain's splits (one pass over the matrix per group of splits) and of
+a butterfly product (one pass): wrappers of :mod:`fastbfly._error_kernels`, shared by
+`certify` and `factorize`.
 
 The inputs are validated by the callers: a finite C-contiguous ``(m, n)`` matrix of a
 supported dtype and a chainable chain of that shape whose product is a full matrix
@@ -25,11 +26,13 @@ PARALLEL_MIN_SIZE = 1 << 16
 PRODUCT_PARALLEL_MIN_SIZE = 1 << 24
 # Tasks are handed out in this many chunks per thread (load balance vs. overhead).
 CHUNKS_PER_THREAD = 4
-# Bytes of the panel a task gathers its blocks into: small enough to stay in a core's
-# cache while the blocks are solved ...
-PANEL_BYTES = 1 << 18
-# ... but each row is read over at least this many consecutive columns (whole cache
-# lines) even when the blocks are narrow.
+# Bytes of the tile from which `_error_kernels.split_errors_tiled_serial` solves the
+# blocks of several splits: the matrix is read once per group of splits whose blocks
+# fit in one tile this size (measured on a 2 MiB L2: half of it, leaving room for
+# the blocks, their Gram planes and vectors) ...
+TILE_BYTES = 1 << 20
+# ... and each of the tile's rows is read over at least this many consecutive columns
+# (whole cache lines) even when the blocks are narrow.
 MIN_RUN = 64
 
 
@@ -54,8 +57,11 @@ def split_errors(matrix: np.ndarray, chain: Chain, columns=None, values=None) ->
     """``E_l = min ‖matrix[:, columns] − A B‖_F`` over ``A`` on ``fuse(π_1..π_l)`` and
     ``B`` on ``fuse(π_{l+1}..π_L)``, for ``l = 1..L-1`` (absolute).
 
-    Each split is one pass over the matrix (blocks gathered into cache, best rank-``r``
-    error of each; no factor values are built).  ``values``, the factors' values of a
+    Runs of consecutive rank-one splits share one pass over the matrix (a tile in
+    cache holds whole blocks of all of them: `_tile_groups`,
+    `_error_kernels.split_errors_tiled_serial`); a split of rank ``r > 1`` is a
+    pass of its own (a LAPACK SVD per block).  Each block's best rank-``r`` error is
+    computed; no factor values are built.  ``values``, the factors' values of a
     butterfly on ``chain`` approximating ``matrix[:, columns]`` (e.g. the one being
     certified), only speed it up: the power iterations of rank-one splits start from
     the butterfly's own blocks, exactly rank one (`_warm_starts`); the errors are the
@@ -75,37 +81,102 @@ def split_errors(matrix: np.ndarray, chain: Chain, columns=None, values=None) ->
     tol = 8.0 * np.finfo(np.float64).eps
     errors = np.empty(len(chain) - 1)
     double = None
-    for split_at in range(1, len(chain)):
+    for group in _tile_groups(chain, matrix.itemsize):
+        if split_geometry(chain, group[0])[2] == 1:  # rank one: the group in one pass
+            errors[np.array(group) - 1] = _tiled_errors(matrix, chain, group, columns,
+                                                       contiguous, values, work, tol)
+            continue
+        (split_at,) = group
         b1, c1, rank, c2 = split_geometry(chain, split_at)
-        if rank > 1:
-            if double is None:  # LAPACK in double precision whatever the data's
-                double = np.ascontiguousarray(matrix, dtype=wide)
-            out = _outputs(1)
-            _error_kernels.split_errors_rank_r_serial(double, columns, b1, c1, rank, *out)
-        elif c2 <= _error_kernels.GRAM_SIDE and b1 >= _error_kernels.NARROW_RATIO * c2:
-            parallel, n_chunks = _chunks(matrix.size, c1)
-            kernel = (_error_kernels.split_errors_narrow_parallel if parallel
-                      else _error_kernels.split_errors_narrow_serial)
-            out = _outputs(n_chunks)
-            kernel(matrix, columns, b1, c1, tol, work, n_chunks, *out)
-        else:
-            run = max(PANEL_BYTES // (b1 * c2 * matrix.itemsize), -(-MIN_RUN // c2))
-            batch = max(1, min(c1, run))
-            parallel, n_chunks = _chunks(matrix.size, (m // b1) * -(-c1 // batch))
-            kernel = (_error_kernels.split_errors_rank_one_parallel if parallel
-                      else _error_kernels.split_errors_rank_one_serial)
-            out = _outputs(n_chunks)
-            starts, side = _NO_STARTS[work.dtype.kind], 0
-            if values is not None and min(b1, c2) > _error_kernels.GRAM_SIDE:
-                starts, side = _warm_starts(chain, values, split_at, work.dtype)
-            kernel(matrix, columns, contiguous, b1, c1, batch, tol, work, starts, side,
-                   n_chunks, *out)
+        if double is None:  # LAPACK in double precision whatever the data's
+            double = np.ascontiguousarray(matrix, dtype=wide)
+        out = _outputs(1)
+        _error_kernels.split_errors_rank_r_serial(double, columns, b1, c1, rank, *out)
         _, residual2, exponent, bad = out
         if bad.sum():
             where = tuple(int(i) for i in np.argwhere(~np.isfinite(matrix))[0])
             raise ValueError(f"matrix contains NaN or Inf (first at index {where})")
         errors[split_at - 1] = _sum_scaled(residual2, exponent)
     return errors
+
+
+def _tile_groups(chain: Chain, itemsize: int) -> list:
+    """The splits ``1..L-1`` in runs of consecutive rank-one splits whose blocks fit
+    in one tile of at most ``TILE_BYTES`` (`_error_kernels._split_errors_tiled_py`:
+    ``b1`` of the last split times ``C2`` of the first); a split of rank > 1 is a run
+    of its own.  Greedy from split 1, then the same number of runs rebalanced so that
+    their lengths differ by at most one where the tiles still fit (smaller tiles)."""
+    geometry = {l: split_geometry(chain, l) for l in range(1, len(chain))}
+
+    def fits(first, last):
+        return geometry[last][0] * geometry[first][3] * itemsize <= TILE_BYTES
+
+    runs = []
+    segment = []  # consecutive rank-one splits
+    for l in list(geometry) + [None]:
+        if l is not None and geometry[l][2] == 1:
+            segment.append(l)
+            continue
+        greedy = []
+        for split in segment:
+            if greedy and fits(greedy[-1][0], split):
+                greedy[-1].append(split)
+            else:
+                greedy.append([split])
+        count = len(greedy)
+        even = [segment[i * len(segment) // count:(i + 1) * len(segment) // count]
+                for i in range(count)]
+        runs += even if all(fits(run[0], run[-1]) for run in even) else greedy
+        segment = []
+        if l is not None:
+            runs.append([l])
+    return runs
+
+
+def _tiled_errors(matrix: np.ndarray, chain: Chain, group: list, columns: np.ndarray,
+                  contiguous: bool, values, work: np.ndarray, tol: float) -> np.ndarray:
+    """``E_l`` of the rank-one splits ``group`` (consecutive), in one pass
+    (`_error_kernels.split_errors_tiled_serial`)."""
+    m, n = matrix.shape
+    geometry = [split_geometry(chain, l) for l in group]
+    block_rows = np.array([g[0] for g in geometry], dtype=np.int64)
+    block_columns = np.array([g[3] for g in geometry], dtype=np.int64)
+    tile_rows, widest = int(block_rows[-1]), int(block_columns[0])
+    # widen the tile to whole cache lines per row when the blocks are narrow, within
+    # the tile's budget; the width must divide n
+    groups = n // widest
+    batch = max(1, min(groups, TILE_BYTES // (tile_rows * widest * matrix.itemsize),
+                       -(-MIN_RUN // widest)))
+    while groups % batch:
+        batch -= 1
+    width = widest * batch
+    sides = np.zeros(len(group), dtype=np.int64)
+    offsets = np.zeros(len(group), dtype=np.int64)
+    pieces = []
+    used = 0
+    for index, l in enumerate(group):
+        b1, _, _, c2 = geometry[index]
+        if values is not None and min(b1, c2) > _error_kernels.GRAM_SIDE:
+            starts, side = _warm_starts(chain, values, l, work.dtype)
+            if side:
+                sides[index], offsets[index] = side, used
+                pieces.append(starts.ravel())
+                used += starts.size
+    starts = np.concatenate(pieces) if pieces else np.zeros(1, dtype=work.dtype)
+    n_tiles = (m // tile_rows) * (n // width)
+    parallel, n_chunks = _chunks(matrix.size, n_tiles)
+    kernel = (_error_kernels.split_errors_tiled_parallel if parallel
+              else _error_kernels.split_errors_tiled_serial)
+    shape = (n_chunks, len(group))
+    norm2, residual2 = np.zeros(shape), np.zeros(shape)
+    exponent, bad = np.zeros(shape, dtype=np.int64), np.zeros(shape, dtype=np.int64)
+    kernel(matrix, columns, contiguous, block_rows, block_columns, sides, offsets, starts,
+           width, tol, work, np.full(1, 1j if work.dtype.kind == "c" else 0, dtype=work.dtype),
+           n_chunks, norm2, residual2, exponent, bad)
+    if bad.sum():
+        where = tuple(int(i) for i in np.argwhere(~np.isfinite(matrix))[0])
+        raise ValueError(f"matrix contains NaN or Inf (first at index {where})")
+    return np.array([_sum_scaled(residual2[:, s], exponent[:, s]) for s in range(len(group))])
 
 
 def gather(matrix: np.ndarray, rows=None, columns=None) -> np.ndarray:
@@ -122,12 +193,12 @@ def gather(matrix: np.ndarray, rows=None, columns=None) -> np.ndarray:
     return out
 
 
-# Placeholder start vectors (one dtype per kind, so the kernels compile once each).
+# Placeholder start vectors (none: the blocks start from their largest row).
 _NO_STARTS = {"f": np.zeros((1, 1, 1)), "c": np.zeros((1, 1, 1), dtype=np.complex128)}
 
 
 def _warm_starts(chain: Chain, values, split_at: int, dtype) -> tuple:
-    """``(starts, side)`` for `_error_kernels.split_errors_rank_one_serial`: the top
+    """``(starts, side)`` for `_tiled_errors` (shape ``(c1, b2, k)``): the top
     singular vectors of the blocks of the butterfly with factor ``values`` at a
     rank-one split, from the fused factors on the cheaper side.
 

@@ -368,9 +368,14 @@ def _top_left_vector(M, rows, cols, row_norm2, norm2, u, v, w, tol):
 # SAFE_NORM2_HIGH] are solved as they are, without `_gather_scale`'s pass that rewrites
 # the block: no square overflowed, squares that underflowed are below 2**-770 of ‖M‖²,
 # and the closed 2 × 2 forms, which square ‖M‖², stay 2**-200 away from subnormals.
-# Others (huge, tiny, empty, NaN/Inf) are rescaled first.  float32 data always pass.
+# Others (huge, tiny, empty, NaN/Inf) are rescaled first.
 SAFE_NORM2_LOW = 2.0 ** -300
 SAFE_NORM2_HIGH = 2.0 ** 300
+# The same for single-precision data, whose blocks of three rows and columns or more take
+# their first power step in single precision (`_top_pair`): below 2**-100 products of a block's entries with unit
+# vectors could near float32's subnormals (2**-126), above 2**100 its largest (2**128).
+SAFE_NORM2_LOW_SINGLE = 2.0 ** -100
+SAFE_NORM2_HIGH_SINGLE = 2.0 ** 100
 
 
 @_kernel(inline="always")
@@ -382,19 +387,24 @@ def _square(z):
 
 
 @_kernel()
-def _gather_rows(node, columns, i, j2, t, b1, b2, c2, k1_first, k1_count, panel, row_norm2,
-                 staged, stage):
+def _gather_rows(node, columns, in_order, i, j2, t, b1, b2, c2, k1_first, k1_count, panel,
+                 column_norm2, staged, stage):
     """``panel[kk, j1, k2] = node[i, j1*b2 + j2, columns[(k1_first + kk)*c2 + k2], t]``
-    and ``row_norm2[kk, j1]`` = squared norm of that row of block ``kk`` (float64): the
-    block's norms come with the copy instead of in passes of their own.  Whole node rows
-    are read in turn, so a scattered column permutation stays cache friendly.  Four
-    partial sums in a fixed order: independent chains (not latency bound) and the same
-    bits whatever the build vectorizes.
+    and ``column_norm2[kk, k2]`` = squared norm of column ``k2`` of block ``kk``
+    (float64): the block's norms come with the copy instead of in passes of their own.
+    Whole node rows are read in turn, so a scattered column permutation stays cache
+    friendly.  Column norms, not row norms: summed down the rows, each is an
+    element-wise update along the row, which vectorises (exactly: no sum is reordered)
+    where a row's sum would be a reduction, scalar without reassociation.  With
+    ``in_order`` (``columns`` is the identity) the reads are plain runs.
 
     With ``stage`` (a scattered permutation of a node with ``d == 1``) each row is first
     copied whole into ``staged[0]``, a sequential read the hardware prefetches, and then
     permuted from there (L2): permuting straight from memory misses on the first touch
     of every cache line in an order no prefetcher follows."""
+    for kk in range(k1_count):
+        for k2 in range(c2):
+            column_norm2[kk, k2] = 0.0
     for j1 in range(b1):
         row = j1 * b2 + j2
         if stage:
@@ -403,54 +413,30 @@ def _gather_rows(node, columns, i, j2, t, b1, b2, c2, k1_first, k1_count, panel,
                 source[k] = node[i, row, k, 0]
         for kk in range(k1_count):
             first_column = (k1_first + kk) * c2
-            s0 = 0.0
-            s1 = 0.0
-            s2 = 0.0
-            s3 = 0.0
-            k2 = 0
+            target = panel[kk, j1]
+            norms = column_norm2[kk]
             if stage:
-                while k2 + 4 <= c2:
-                    x0 = source[columns[first_column + k2]]
-                    x1 = source[columns[first_column + k2 + 1]]
-                    x2 = source[columns[first_column + k2 + 2]]
-                    x3 = source[columns[first_column + k2 + 3]]
-                    panel[kk, j1, k2] = x0
-                    panel[kk, j1, k2 + 1] = x1
-                    panel[kk, j1, k2 + 2] = x2
-                    panel[kk, j1, k2 + 3] = x3
-                    s0 += _square(x0)
-                    s1 += _square(x1)
-                    s2 += _square(x2)
-                    s3 += _square(x3)
-                    k2 += 4
-            while k2 + 4 <= c2:
-                x0 = node[i, row, columns[first_column + k2], t]
-                x1 = node[i, row, columns[first_column + k2 + 1], t]
-                x2 = node[i, row, columns[first_column + k2 + 2], t]
-                x3 = node[i, row, columns[first_column + k2 + 3], t]
-                panel[kk, j1, k2] = x0
-                panel[kk, j1, k2 + 1] = x1
-                panel[kk, j1, k2 + 2] = x2
-                panel[kk, j1, k2 + 3] = x3
-                s0 += _square(x0)
-                s1 += _square(x1)
-                s2 += _square(x2)
-                s3 += _square(x3)
-                k2 += 4
-            while k2 < c2:
-                x0 = staged[0, columns[first_column + k2]] if stage else node[
-                    i, row, columns[first_column + k2], t]
-                panel[kk, j1, k2] = x0
-                s0 += _square(x0)
-                k2 += 1
-            row_norm2[kk, j1] = (s0 + s1) + (s2 + s3)
+                for k2 in range(c2):
+                    x = staged[0, columns[first_column + k2]]
+                    target[k2] = x
+                    norms[k2] += _square(x)
+            elif in_order:
+                for k2 in range(c2):
+                    x = node[i, row, first_column + k2, t]
+                    target[k2] = x
+                    norms[k2] += _square(x)
+            else:
+                for k2 in range(c2):
+                    x = node[i, row, columns[first_column + k2], t]
+                    target[k2] = x
+                    norms[k2] += _square(x)
 
 
 @_kernel()
 def _power_step(M, rows, cols, v, u, w):
     """``u = M v`` and ``w = Mᴴ u`` in one pass over ``M`` (each row is used twice while
-    it is in L1); returns ``‖u‖²``.  The dot products use four partial sums in a fixed
-    order (not latency bound, and the same bits in every build)."""
+    it is in L1); returns ``‖u‖²`` (float64).  The dot products use four partial sums in
+    a fixed order (not latency bound, and the same bits in every build)."""
     w[0] = 0.0  # a zero of its type
     zero = w[0]
     for k in range(cols):
@@ -473,76 +459,121 @@ def _power_step(M, rows, cols, v, u, w):
             k += 1
         acc = (a0 + a1) + (a2 + a3)
         u[j] = acc
-        norm2 += _abs2(acc)
+        norm2 += _square(acc)
         for k in range(cols):
             w[k] += np.conj(M[j, k]) * acc
     return norm2
 
 
 @_kernel()
-def _top_pair(M, rows, cols, row_norm2, norm2, u, v, w, tol):
-    """Top singular pair of a block with ``rows, cols >= 3``: unit ``u`` and
-    ``w = Mᴴ u``; returns ``σ² = ‖w‖²``.
-
-    The iteration of `_top_left_vector` (same start, same stopping rules), with each
-    step's two products in one pass over ``M`` (`_power_step`) and the last ``w`` kept,
-    so no further pass is needed for ``σ``.
-    """
-    best_row = 0
-    for j in range(1, rows):
-        if row_norm2[j] > row_norm2[best_row]:
-            best_row = j
-    inv = 1.0 / math.sqrt(row_norm2[best_row])
+def _adjoint_rows(M, rows, cols, u, w):
+    """``w = Mᴴ u``, row by row as element-wise updates of ``w`` (vectorises); returns
+    ``‖w‖²`` in float64."""
+    w[0] = 0.0  # a zero of its type
+    zero = w[0]
     for k in range(cols):
-        v[k] = np.conj(M[best_row, k]) * inv
+        w[k] = zero
+    for j in range(rows):
+        coefficient = u[j]
+        for k in range(cols):
+            w[k] += np.conj(M[j, k]) * coefficient
+    norm2 = 0.0
+    for k in range(cols):
+        norm2 += _square(w[k])
+    return norm2
+
+
+@_kernel()
+def _top_pair(M, rows, cols, column_norm2, norm2, block_u, block_w, u, v, w, sums, tol,
+              block_tol):
+    """Top singular pair of a block with ``rows, cols >= 3``: unit ``u`` and
+    ``w = Mᴴ u`` (in the precision of ``u``, ``v``, ``w``); returns ``(σ² = ‖w‖²,
+    direct)``, ``direct`` the residual ``‖M − u wᴴ‖²`` where it was computed
+    (`_residual2_columns`), else -1.
+
+    Power iteration on ``M Mᴴ`` started from the largest column (``u = M e_k``, exact
+    for a rank-one block), so the first step is the one product ``Mᴴ u``, which
+    vectorises (`_adjoint_rows`), done in the data's precision (``block_u``,
+    ``block_w``: twice as wide in single precision).  The error of the rank-one
+    approximation ``u (Mᴴu)ᴴ`` is ``‖M‖² − σ²``, so only ``σ²`` has to converge, and only
+    as far as that error can tell: the iteration stops when the error is at rounding
+    level (``block_tol``: in single precision ``σ²`` resolves it only down to a relative
+    residual of ``√block_tol ≈ 1e-3``, so there a small error is confirmed by the direct
+    residual, at rounding level ``block_tol²``), when ``σ²`` stalls at rounding level,
+    or when the geometric tail of the remaining increase of ``σ²`` is below
+    ``RESIDUAL_TOL`` times the error (noisy, slowly converging blocks).  Later steps
+    are one pass each (`_power_step`) in the precision of ``u`` (double): in single
+    precision ``σ²`` would stall at its rounding level (1e-7) near a lower singular
+    value before a start nearly orthogonal to the top one is left behind.
+    """
+    best = 0
+    for k in range(1, cols):
+        if column_norm2[k] > column_norm2[best]:
+            best = k
+    inv = 1.0 / math.sqrt(column_norm2[best])
+    for j in range(rows):
+        block_u[j] = M[j, best] * inv
+    sigma2 = _adjoint_rows(M, rows, cols, block_u, block_w)
+    for j in range(rows):
+        u[j] = block_u[j]
+    for k in range(cols):
+        w[k] = block_w[k]
+    if norm2 - sigma2 <= 8.0 * block_tol * norm2:
+        if block_tol == tol:  # vectors in double precision: σ² tells
+            return sigma2, -1.0
+        direct = _residual2_columns(M, rows, cols, block_u, block_w, sums)
+        if direct <= 8.0 * block_tol * block_tol * norm2:
+            return sigma2, direct
+    if block_tol != tol:
+        # u renormalised and σ² again in double precision: their single-precision
+        # rounding (1e-7) would read as a stall against the next step's σ²
+        length2 = 0.0
+        for j in range(rows):
+            length2 += _square(u[j])
+        inv = 1.0 / math.sqrt(length2)
+        for j in range(rows):
+            u[j] *= inv
+        sigma2 = _adjoint_rows(M, rows, cols, u, w)
     sigma2_old = 0.0
     increase_old = 0.0
-    sigma2 = 0.0
     for _ in range(MAX_POWER_STEPS):
+        error2 = norm2 - sigma2
+        increase = sigma2 - sigma2_old
+        if error2 <= 8.0 * tol * norm2 or increase <= tol * sigma2:
+            return sigma2, -1.0
+        if increase_old > 0.0 and increase < increase_old:
+            ratio = increase / increase_old
+            if increase * ratio / (1.0 - ratio) <= RESIDUAL_TOL * error2:
+                return sigma2, -1.0
+        sigma2_old = sigma2
+        increase_old = increase
+        inv = 1.0 / math.sqrt(sigma2)
+        for k in range(cols):
+            v[k] = w[k] * inv
         inv = 1.0 / math.sqrt(_power_step(M, rows, cols, v, u, w))
         for j in range(rows):
             u[j] *= inv
         sigma2 = 0.0
         for k in range(cols):
             w[k] *= inv
-            sigma2 += _abs2(w[k])
-        error2 = norm2 - sigma2
-        increase = sigma2 - sigma2_old
-        if error2 <= 8.0 * tol * norm2 or increase <= tol * sigma2:
-            return sigma2
-        if increase_old > 0.0 and increase < increase_old:
-            ratio = increase / increase_old
-            if increase * ratio / (1.0 - ratio) <= RESIDUAL_TOL * error2:
-                return sigma2
-        sigma2_old = sigma2
-        increase_old = increase
-        inv = 1.0 / math.sqrt(sigma2)
-        for k in range(cols):
-            v[k] = w[k] * inv
-    return sigma2
+            sigma2 += _square(w[k])
+    return sigma2, -1.0
 
 
 @_kernel()
-def _residual2_rows(M, rows, cols, u, w):
-    """``‖M − u wᴴ‖²`` directly, like `_residual2`, with four partial sums."""
-    total = 0.0
+def _residual2_columns(M, rows, cols, u, w, sums):
+    """``‖M − u wᴴ‖²`` computed directly (accurate when it is tiny, unlike
+    ``‖M‖² − ‖w‖²``), squares in float64.  Summed down the columns into ``sums`` (float64
+    workspace of ``cols``), element-wise updates that vectorise, then across."""
+    for k in range(cols):
+        sums[k] = 0.0
     for j in range(rows):
         uj = u[j]
-        s0 = 0.0
-        s1 = 0.0
-        s2 = 0.0
-        s3 = 0.0
-        k = 0
-        while k + 4 <= cols:
-            s0 += _abs2(M[j, k] - uj * np.conj(w[k]))
-            s1 += _abs2(M[j, k + 1] - uj * np.conj(w[k + 1]))
-            s2 += _abs2(M[j, k + 2] - uj * np.conj(w[k + 2]))
-            s3 += _abs2(M[j, k + 3] - uj * np.conj(w[k + 3]))
-            k += 4
-        while k < cols:
-            s0 += _abs2(M[j, k] - uj * np.conj(w[k]))
-            k += 1
-        total += (s0 + s1) + (s2 + s3)
+        for k in range(cols):
+            sums[k] += _square(M[j, k] - uj * np.conj(w[k]))
+    total = 0.0
+    for k in range(cols):
+        total += sums[k]
     return total
 
 
@@ -607,41 +638,43 @@ def _two_rows_pair(M, cols, u, w):
     return sigma2, residual2
 
 
-def _largest_magnitude_py(values, n_chunks, chunk_largest):
-    """``chunk_largest[c]`` = the largest ``|x|`` over chunk ``c`` of the 1-D real array
-    ``values`` (NaN if the chunk holds a NaN): one pass for `factorize`'s scale check.
-    Four running maxima (independent chains); ``x != x`` catches NaN, which ``>``
-    would skip."""
-    n = values.shape[0]
-    for chunk in prange(n_chunks):
-        start = chunk * n // n_chunks
-        stop = (chunk + 1) * n // n_chunks
-        m0 = 0.0
-        m1 = 0.0
-        m2 = 0.0
-        m3 = 0.0
-        nan = False
-        k = start
-        while k + 4 <= stop:
-            x0 = abs(np.float64(values[k]))
-            x1 = abs(np.float64(values[k + 1]))
-            x2 = abs(np.float64(values[k + 2]))
-            x3 = abs(np.float64(values[k + 3]))
-            nan |= (x0 != x0) | (x1 != x1) | (x2 != x2) | (x3 != x3)
-            m0 = max(m0, x0)
-            m1 = max(m1, x1)
-            m2 = max(m2, x2)
-            m3 = max(m3, x3)
-            k += 4
-        while k < stop:
-            x0 = abs(np.float64(values[k]))
-            nan |= x0 != x0
-            m0 = max(m0, x0)
-            k += 1
-        chunk_largest[chunk] = np.nan if nan else max(max(m0, m1), max(m2, m3))
+@_kernel()
+def scan(bits, mask):
+    """One pass over the flat bit patterns ``bits`` (uint64 or uint32) of a matrix's
+    real parts: ``(largest, checksum)`` with
+
+    * ``largest`` = the largest ``bits[k] & mask`` (``mask`` clears the sign bit): IEEE
+      magnitudes order like their bit patterns, NaN above Inf, so this is the bit
+      pattern of the largest ``|x|`` (or of a NaN), for `factorize`'s scale check;
+    * ``checksum`` = ``Σ_k bits[k] · (2k + 1) mod 2**64``, the fingerprint of a deferred
+      error measurement: any change of one entry changes it (``2k + 1`` is odd, so
+      invertible modulo ``2**64``), and so does moving entries unless their bit
+      patterns and positions differ by multiples of large powers of two.
+
+    Integer maxima and sums are associative, so the loop vectorises without fast-math
+    (the running odd multiplier and an index from 0 keep Numba's wraparound test out of
+    it): 9 ms for 2**25 words, as fast as two threads (memory-bound).
+    """
+    largest = mask ^ mask  # a zero of the bits' type
+    total = np.uint64(0)
+    odd = np.uint64(1)
+    two = np.uint64(2)
+    for k in range(bits.shape[0]):
+        word = bits[k]
+        largest = max(largest, word & mask)
+        total += np.uint64(word) * odd
+        odd += two
+    return largest, total
 
 
-largest_magnitude_parallel = _jit(_largest_magnitude_py, "_parallel", parallel=True)
+def _pick_threading_layer_py(out):
+    """A parallel loop that does nothing useful: the first one a process runs makes
+    Numba choose its threading layer (see `fastbfly.factorization._candidate_workers`)."""
+    for k in prange(out.shape[0]):
+        out[k] = k
+
+
+pick_threading_layer = _jit(_pick_threading_layer_py, "_parallel", parallel=True)
 
 
 def _split_rank_one_py(node, columns, b1, c1, batch, left, right, sigma_power, tol, work,
@@ -669,10 +702,11 @@ def _split_rank_one_py(node, columns, b1, c1, batch, left, right, sigma_power, t
         orthonormalisation, which solves the left child next), 0.5 splits it evenly.
     tol : float
         Relative tolerance of the iterative top singular pair (a few ``eps`` of
-        ``work``'s dtype).
+        ``work``'s dtype; a single-precision first step uses ``8 eps`` of the data's).
     work : (1,) array
         Its dtype (float64 or complex128) is the precision of the singular vectors, so
-        float32 data gets float64 iterations.
+        float32 data gets float64 iterations, except the first power step of blocks of
+        three rows and columns or more, in the data's precision (`_top_pair`).
     n_chunks : int
         Work is cut into this many contiguous chunks (one parallel task each).
     chunk_norm2, chunk_residual2, chunk_exponent : (n_chunks,) arrays
@@ -696,12 +730,15 @@ def _split_rank_one_py(node, columns, b1, c1, batch, left, right, sigma_power, t
     and one batch, each row is first copied whole (`_gather_rows`).
 
     Passes over each block (they are what costs, not the arithmetic): the gather also
-    sums the row norms (and, for 2-row blocks, the Gram matrix); blocks whose norm is in
-    a safe range (`SAFE_NORM2_LOW`) are solved unscaled; each power step is one pass
-    (`_power_step`), and the last one leaves ``w = Mᴴu``; the direct residual, needed
-    only where ``‖M‖² − σ²`` cancels, is one more pass (for 2-row blocks it comes with
-    ``w``, `_two_rows_pair`).  At the balanced root of a rank-one DFT that is the gather
-    and two passes, against the gather and seven before.
+    sums the column norms (and, for 2-row blocks, the row norms and the Gram matrix);
+    blocks whose norm is in a safe range (`SAFE_NORM2_LOW`, `SAFE_NORM2_LOW_SINGLE`)
+    are solved unscaled; the first power step, from the largest column, is the one
+    product ``w = Mᴴu``, each later step one pass (`_power_step`) leaving ``w``; the
+    direct residual, needed only where ``‖M‖² − σ²`` cancels, is one more pass (for
+    2-row blocks it comes with ``w``, `_two_rows_pair`).  At the balanced root of a
+    rank-one DFT that is the gather and two passes, all element-wise updates along the
+    block's rows, which vectorise (`_gather_rows`, `_adjoint_rows`,
+    `_residual2_columns`), in single precision twice as wide.
     """
     a, big_b, big_c, d = node.shape
     b2 = big_b // b1
@@ -717,14 +754,30 @@ def _split_rank_one_py(node, columns, b1, c1, batch, left, right, sigma_power, t
             if columns[k] != k:
                 stage = True
                 break
+    in_order = True
+    for k in range(big_c):
+        in_order = in_order and columns[k] == k
+    # Blocks of three rows and columns or more take their first power step with vectors
+    # in the data's precision (`_top_pair`): in single precision its element-wise passes
+    # vectorise twice as wide.  Its float32 products of unit vectors with the block stay
+    # clear of underflow and overflow for ‖M‖² in [SAFE_NORM2_LOW_SINGLE,
+    # SAFE_NORM2_HIGH_SINGLE]; other blocks are rescaled first.
+    single = np.finfo(node.dtype).eps > 1e-10
+    safe_low = SAFE_NORM2_LOW_SINGLE if single else SAFE_NORM2_LOW
+    safe_high = SAFE_NORM2_HIGH_SINGLE if single else SAFE_NORM2_HIGH
+    block_tol = max(tol, 8.0 * np.finfo(node.dtype).eps)
     for chunk in prange(n_chunks):
         panel = np.empty((batch, b1, c2), dtype=node.dtype)
-        panel_norm2 = np.empty((batch, b1))
+        # row norms of two-row blocks (`_gather_two_rows`), else column norms
+        panel_norm2 = np.empty((batch, max(c2, 2)))
         panel_cross = np.empty(batch, dtype=work.dtype)
         staged = np.empty((2 if stage else 0, big_c), dtype=node.dtype)
         u = np.empty(b1, dtype=work.dtype)
         v = np.empty(c2, dtype=work.dtype)
         w = np.empty(c2, dtype=work.dtype)
+        block_u = np.empty(b1, dtype=node.dtype)
+        block_w = np.empty(c2, dtype=node.dtype)
+        sums = np.empty(c2)
         norm2_sum = 0.0
         residual2_sum = 0.0
         exponent_sum = 0
@@ -741,17 +794,17 @@ def _split_rank_one_py(node, columns, b1, c1, batch, left, right, sigma_power, t
                 _gather_two_rows(node, columns, i, j2, t, b2, c2, k1_first, k1_count, panel,
                                  panel_norm2, panel_cross, staged, stage)
             else:
-                _gather_rows(node, columns, i, j2, t, b1, b2, c2, k1_first, k1_count, panel,
-                             panel_norm2, staged, stage)
+                _gather_rows(node, columns, in_order, i, j2, t, b1, b2, c2, k1_first, k1_count,
+                             panel, panel_norm2, staged, stage)
             for kk in range(k1_count):
                 k1 = k1_first + kk
                 M = panel[kk]
-                row_norm2 = panel_norm2[kk]
+                block_norm2 = panel_norm2[kk]
                 norm2 = 0.0
-                for j1 in range(b1):
-                    norm2 += row_norm2[j1]
+                for q in range(2 if two_rows else c2):
+                    norm2 += block_norm2[q]
                 exponent = 0
-                if not SAFE_NORM2_LOW <= norm2 <= SAFE_NORM2_HIGH:
+                if not safe_low <= norm2 <= safe_high:
                     # huge, tiny, empty or not finite (NaN fails both comparisons)
                     exponent = _gather_scale(M, b1, c2)
                     if exponent == NOT_FINITE or exponent == EMPTY:
@@ -761,21 +814,26 @@ def _split_rank_one_py(node, columns, b1, c1, batch, left, right, sigma_power, t
                         for k2 in range(c2):
                             right[i * c1 + k1, j2, k2, t] = 0.0
                         continue
-                    norm2 = 0.0
+                    # column norms (two-row blocks, rescaled, do not use theirs)
+                    for k2 in range(c2):
+                        block_norm2[k2] = 0.0
                     for j1 in range(b1):
-                        acc = 0.0
                         for k2 in range(c2):
-                            acc += _square(M[j1, k2])
-                        row_norm2[j1] = acc
-                        norm2 += acc
+                            block_norm2[k2] += _square(M[j1, k2])
+                    norm2 = 0.0
+                    for k2 in range(c2):
+                        norm2 += block_norm2[k2]
                 if b1 >= 3 and c2 >= 3:
-                    sigma2 = _top_pair(M, b1, c2, row_norm2, norm2, u, v, w, tol)
+                    sigma2, direct = _top_pair(M, b1, c2, block_norm2, norm2, block_u, block_w,
+                                               u, v, w, sums, tol, block_tol)
                     residual2 = max(norm2 - sigma2, 0.0)
                     if residual2 < CANCELLATION * norm2:
-                        residual2 = _residual2_rows(M, b1, c2, u, w)
+                        if direct < 0.0:
+                            direct = _residual2_columns(M, b1, c2, u, w, sums)
+                        residual2 = direct
                 elif two_rows:
                     if exponent == 0:  # Gram matrix from the gather
-                        u[0], u[1] = _gram_vector_2(row_norm2[0], row_norm2[1], panel_cross[kk])
+                        u[0], u[1] = _gram_vector_2(block_norm2[0], block_norm2[1], panel_cross[kk])
                     else:
                         _top_left_vector_2(M, b1, c2, u, v)
                     sigma2, direct = _two_rows_pair(M, c2, u, w)
@@ -783,7 +841,8 @@ def _split_rank_one_py(node, columns, b1, c1, batch, left, right, sigma_power, t
                     if residual2 < CANCELLATION * norm2:
                         residual2 = direct
                 else:  # a side of 1, or two columns: closed forms
-                    _top_left_vector(M, b1, c2, row_norm2, norm2, u, v, w, tol)
+                    # (row norms unused for these shapes: column norms passed)
+                    _top_left_vector(M, b1, c2, block_norm2, norm2, u, v, w, tol)
                     sigma2 = _adjoint_times(M, b1, c2, u, w)
                     residual2 = max(norm2 - sigma2, 0.0)
                     if residual2 < CANCELLATION * norm2:
@@ -837,12 +896,50 @@ def _times_transpose(X, Y, out):
     if m * n * k >= BLAS_MIN_WORK:
         np.dot(X, Y.T, out)
         return
+    # Four partial sums (l mod 4), added at the end: one running sum waits for every
+    # previous addition (latency-bound); four interleave.  A fixed order, so the same
+    # bits on every run and thread.
+    k4 = k - k % 4
     for i in range(m):
         for j in range(n):
-            acc = X[i, 0] * Y[j, 0]
-            for l in range(1, k):
-                acc += X[i, l] * Y[j, l]
-            out[i, j] = acc
+            acc0 = X[i, 0] * Y[j, 0]
+            if k4 == 0:
+                for l in range(1, k):
+                    acc0 += X[i, l] * Y[j, l]
+                out[i, j] = acc0
+                continue
+            acc1 = X[i, 1] * Y[j, 1]
+            acc2 = X[i, 2] * Y[j, 2]
+            acc3 = X[i, 3] * Y[j, 3]
+            for l in range(4, k4, 4):
+                acc0 += X[i, l] * Y[j, l]
+                acc1 += X[i, l + 1] * Y[j, l + 1]
+                acc2 += X[i, l + 2] * Y[j, l + 2]
+                acc3 += X[i, l + 3] * Y[j, l + 3]
+            for l in range(k4, k):
+                acc0 += X[i, l] * Y[j, l]
+            out[i, j] = (acc0 + acc1) + (acc2 + acc3)
+
+
+@_kernel()
+def _times_hermitian(X, H, out):
+    """``out = X Hᵀ`` for C-contiguous ``X`` (m × k) and an exactly Hermitian ``H``
+    (k × k): below ``BLAS_MIN_WORK`` as row updates ``out[i] += X[i, l] conj(H[l])``,
+    whose inner loop runs along contiguous rows and vectorises (``conj(H[l, j])`` is
+    ``H[j, l]``: the same products, summed in the same order, as ``X Hᵀ``)."""
+    m, k = X.shape
+    n = H.shape[1]
+    if m * n * k >= BLAS_MIN_WORK:
+        np.dot(X, H.T, out)
+        return
+    for i in range(m):
+        coefficient = X[i, 0]
+        for j in range(n):
+            out[i, j] = coefficient * np.conj(H[0, j])
+        for l in range(1, k):
+            coefficient = X[i, l]
+            for j in range(n):
+                out[i, j] += coefficient * np.conj(H[l, j])
 
 
 @_kernel()
@@ -980,7 +1077,7 @@ def _top_subspace(G, p, r, norm2, Q, Z, diag, tol):
                     Q[rho, j] = vectors[j, p - 1 - rho]
             return
         # Z[ρ] = G q_ρ, as rows: Z = Q Gᵀ
-        _times_transpose(Q, G, Z)
+        _times_hermitian(Q, G, Z)
         sigma2 = 0.0
         for rho in range(r):
             for j in range(p):
@@ -1294,6 +1391,107 @@ def _split_rank_r_py(node, columns, b1, c1, rank, batch, left, right, sigma_powe
 
 split_rank_r_serial = _jit(_split_rank_r_py, "_serial")
 split_rank_r_parallel = _jit(_split_rank_r_py, "_parallel", parallel=True)
+
+
+@_kernel()
+def _scaled_norm(x, n):
+    """``‖x[:n]‖`` without overflow or underflow of the squares (scaled by a power of
+    two near the largest entry, as `_gather_scale` scales blocks)."""
+    biggest = 0.0
+    for j in range(n):
+        biggest = max(biggest, abs(x[j].real), abs(x[j].imag))
+    if biggest == 0.0:
+        return 0.0
+    scale = math.ldexp(1.0, -math.frexp(biggest)[1])
+    total = 0.0
+    for j in range(n):
+        total += _abs2(x[j] * scale)
+    return math.sqrt(total) / scale
+
+
+@_kernel()
+def push_column_frames_rank_r(values, target, rank, work):
+    """Orthonormalize every group of ``rank`` columns of a factor's values in place and
+    multiply the matching rows of ``target`` by the triangular factor: the product of
+    the two is unchanged (`fastbfly.factorization._push_column_frames`).
+
+    Group ``(i, g, t)`` is the ``b × r`` matrix ``M[:, ρ] = values[i, :, g*r + ρ, t]``
+    (``b >= r``), factorised ``M = Q R`` in the precision of ``work`` by modified
+    Gram-Schmidt, repeated while a pass removes more than half of a column ("twice is
+    enough"; norms scaled, so no overflow).  A column dependent on the previous ones
+    (``R[ρ, ρ]`` numerically 0) becomes the coordinate vector they cover least,
+    orthogonalised, so ``Q`` stays orthonormal.  With ``f = (i*(c/r) + g)*d + t`` its
+    rows in ``target`` (``(a', r*s, c', d')``, ``s = d / d'``) are
+    ``target[f // (s*d'), ρ*s + (f // d') % s, :, f % d']``.
+    """
+    a, b, c, d = values.shape
+    ta, tb, tc, td = target.shape
+    spread = tb // rank
+    Q = np.empty((rank, b), dtype=work.dtype)
+    R = np.zeros((rank, rank), dtype=work.dtype)
+    mixed = np.empty((rank, tc), dtype=work.dtype)
+    for i in range(a):
+        for g in range(c // rank):
+            for t in range(d):
+                for rho in range(rank):
+                    for j in range(b):
+                        Q[rho, j] = values[i, j, g * rank + rho, t]
+                    for m in range(rank):
+                        R[rho, m] = 0.0
+                    original = _scaled_norm(Q[rho], b)
+                    norm = original
+                    for _ in range(3):
+                        before = norm
+                        for m in range(rho):  # q_ρ -= q_m (q_mᴴ q_ρ)
+                            coefficient = np.conj(Q[m, 0]) * Q[rho, 0]
+                            for j in range(1, b):
+                                coefficient += np.conj(Q[m, j]) * Q[rho, j]
+                            R[m, rho] += coefficient
+                            for j in range(b):
+                                Q[rho, j] -= coefficient * Q[m, j]
+                        norm = _scaled_norm(Q[rho], b)
+                        if norm > 0.5 * before:
+                            break
+                    if not norm > DEPENDENT * original:
+                        # dependent: R[ρ, ρ] = 0, and a unit direction orthogonal to the
+                        # previous ones (any completes the basis)
+                        norm = 0.0
+                        best = 0
+                        best_cover = np.inf
+                        for j in range(b):
+                            cover = 0.0
+                            for m in range(rho):
+                                cover += _abs2(Q[m, j])
+                            if cover < best_cover:
+                                best_cover = cover
+                                best = j
+                        for j in range(b):
+                            Q[rho, j] = 0.0
+                        Q[rho, best] = 1.0
+                        _project_out(Q, rho, b)
+                        _project_out(Q, rho, b)
+                        inv = 1.0 / _row_norm(Q, rho, b)
+                    else:
+                        inv = 1.0 / norm
+                    R[rho, rho] = norm
+                    for j in range(b):
+                        Q[rho, j] *= inv
+                        values[i, j, g * rank + rho, t] = Q[rho, j]
+                # the rows of the target this group's R mixes
+                f = (i * (c // rank) + g) * d + t
+                ti = f // (spread * td)
+                s = (f // td) % spread
+                tt = f % td
+                for rho in range(rank):
+                    for k in range(tc):
+                        mixed[rho, k] = R[rho, rho] * target[ti, rho * spread + s, k, tt]
+                    for m in range(rho + 1, rank):
+                        coefficient = R[rho, m]
+                        for k in range(tc):
+                            mixed[rho, k] += coefficient * target[ti, m * spread + s, k, tt]
+                for rho in range(rank):
+                    for k in range(tc):
+                        target[ti, rho * spread + s, k, tt] = mixed[rho, k]
 
 
 # No fastmath anywhere in the split kernels, although reassociation would vectorise their

@@ -20,7 +20,8 @@ PARALLEL_MIN_WORK = 1 << 24
 # Tasks per thread of the two-phase products of many vectors.
 TASKS_PER_THREAD = 4
 # Stored values from which one matrix-vector product is shared between threads (same
-# reasoning: only where the product itself takes milliseconds).
+# reasoning: only where the product itself takes milliseconds).  Chains of 2 × 2 blocks
+# are excepted: their fused serial kernel is faster (`Butterfly._vector_path`).
 PARALLEL_MIN_NNZ_VEC = 1 << 21
 # The identity permutation, passed to kernels as "no permutation".
 _NO_PERMUTATION = np.empty(0, dtype=np.int64)
@@ -635,8 +636,7 @@ class Butterfly:
 
         squeeze = x.ndim == 1
         x2 = x.reshape(n_in, -1)
-        if (self._all_pairs and chain_in == n_in and chain_out == n_out
-                and not (x2.shape[1] == 1 and self._threaded(x2))):
+        if self._all_pairs and chain_in == n_in and chain_out == n_out:
             if x2.shape[1] == 1 and not (out_dtype.kind == "c" and self.dtype.kind == "f"):
                 result = self._apply_vector(x2[:, 0], adjoint, conjugate, out_dtype)
                 return result if squeeze else result[:, None]
@@ -683,7 +683,11 @@ class Butterfly:
         thread at least, the threads sharing the tiles.  Narrower tiles cost more
         set-up per row group (two tiles of 32 columns: 3.0 ms of CPU against 2.2 ms for
         one of 64, DFT N = 4096, 64 complex128 vectors), which caps the gain of two
-        threads on blocks of 64 columns near 1.45×."""
+        threads on blocks of 64 columns near 1.45×.  At N = 16384 the input, the tiles
+        and the output (16 MB each for 64 complex128 columns) no longer fit the 32 MB L3
+        together: loading, two factors and storing alone took 7.5 of the 16.7 ms of a
+        whole unfused product (one thread, CPU time, loaded machine), so the product is
+        bound by memory traffic and a second thread adds little."""
         real_on_complex = out_dtype.kind == "c" and self.dtype.kind == "f"
         # Real factors on complex data: real and imaginary parts are two real columns
         # each (a free view) instead of casting every factor to complex.
@@ -764,12 +768,16 @@ class Butterfly:
     def _vector_path(self, adjoint: bool, conjugate: bool):
         """``(n, values, program, kernel)`` for the fast path of `_apply` (one vector of
         ``B``'s dtype: ``kernel(values, program, x, out)``), or ``False`` when
-        ``B`` has none: factors that are not all 2 × 2 blocks, a zero-padded shape, or
-        enough values that one product is shared between threads.  Built on first use
-        and kept, with the kernel compiled for it."""
+        ``B`` has none: factors that are not all 2 × 2 blocks, or a zero-padded shape.
+        Built on first use and kept, with the kernel compiled for it.
+
+        Chains of 2 × 2 blocks take this serial kernel at every size, also where the
+        threaded general driver would share the product between threads: one pass per
+        two or three factors beats one barrier-separated pass per factor (DFT
+        complex128, 2 threads, same process, loaded machine: N = 2**16 2.1 ms against
+        20.6 ms, 2**18 36 against 56 ms, 2**20 84 against 160 ms)."""
         path = False
-        if (self._all_pairs and self.shape == self.chain.shape
-                and self.nnz < PARALLEL_MIN_NNZ_VEC):  # (`_threaded` is then False)
+        if self._all_pairs and self.shape == self.chain.shape:
             values, program = self._fused_plan(adjoint, conjugate, self.dtype)
             n = self.shape[0]
             vector = np.zeros(n, dtype=self.dtype)

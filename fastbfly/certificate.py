@@ -442,19 +442,28 @@ def certify(matrix, B: Butterfly) -> Certificate:
     product formed in double precision from two fused factors (``X_1⋯X_h`` and
     ``X_{h+1}⋯X_L``, multiplied in ``B``'s precision).
 
-    **Cost.**  ``L − 1`` passes over the matrix for the ``E_l`` (one exact two-factor
-    problem each: no cheaper exact way is known, the blocks of different splits
-    neither nest nor share singular vectors) plus one pass for ``actual_error``, and
-    one gather when ``B`` has permutations.  The only factor values built for the
-    ``E_l`` are the start vectors (``B`` fused on the cheaper side of each split, at
-    most ``~N^1.5`` values).  A balanced factorization costs about two such passes
-    (its root split and the much smaller nodes below), so ``certify`` costs ``~L/2``
-    factorizations.  Measured on an idle 2-core machine (noisy DFT, ``σ = 0.1``, bit
-    reversal, ``python benchmarks/certificate_bounds.py --cost-only``, medians of 3,
-    ``docs/certificate.md``): at N = 1024 (L = 10), 0.049 s, 3.5 times the default
-    factorization (0.014 s; 3.7 in CPU time); at N = 4096 (L = 12), 0.63 s (splits
-    0.58 s, product 0.04 s), 4.8 times the factorization (0.134 s; 5.0 in CPU time).
-    (Before the single-pass kernels, under load: 8 and 18 times.)
+    **Cost.**  The blocks of different splits neither nest nor share singular vectors,
+    so each ``E_l`` is an exact two-factor problem of its own; but they share memory
+    traffic.  A tile of the matrix (rows ``i·m/R + r`` for ``i < R``, consecutive
+    columns) holds whole blocks of several consecutive rank-one splits at once (``R``
+    rows per block of the last, the columns of a block of the first): tiles of at
+    most 1 MiB are copied once into cache and the blocks of all those splits solved
+    from there, so the ``L − 1`` splits cost one pass over the matrix per group (2
+    passes for the 9 splits of N = 1024, 3 for the 11 of N = 4096 and for the 12 of
+    N = 8192, complex128; a split of rank > 1 is a pass of its own, an SVD per
+    block).  Plus one pass for ``actual_error``, and one gather when ``B`` has
+    permutations.  The only factor values built for the ``E_l`` are the start vectors
+    (``B`` fused on the cheaper side of each split, at most ``~N^1.5`` values).  A
+    balanced factorization costs about two passes (its root split and the much
+    smaller nodes below).  Measured in one process on the 2-core machine while other
+    jobs ran (load average 3 to 8: only ratios mean anything), noisy DFT, ``σ = 0.1``,
+    bit reversal, one pass per split (before) against the groups: the split errors
+    alone, 0.101 → 0.044 s at N = 1024, 0.99 → 0.73 s at N = 4096, 8.2 → 3.9 s at
+    N = 8192 (identical ``E_l`` to ``4e-15``); certify ÷ the default factorization,
+    5.1 → 2.7 at N = 1024, 6.7 → 4.5 at N = 4096, 11.1 → 4.5 at N = 8192 (medians
+    of 5 runs, 3 at N = 8192).  At N = 4096 the permuting gather then costs about as
+    much CPU time as all the splits.  Idle-machine numbers: ``docs/certificate.md``
+    (``python benchmarks/certificate_bounds.py --cost-only``).
     Memory: one copy of the matrix when ``B`` has a row or column permutation or zero
     padding, none otherwise.
 
@@ -541,9 +550,9 @@ def _target(matrix: np.ndarray, B: Butterfly) -> tuple:
     (``matrix`` itself when nothing changes), and which rows and columns of it come from
     ``matrix`` (``None``: all of them).
 
-    The permuted copy costs one gather (`_errors.gather`, less than a pass of one
-    split; the ``L − 1`` splits and the product then read contiguous rows instead of
-    gathering scattered columns each time)."""
+    The permuted copy costs one gather (`_errors.gather`; the split groups and the
+    product then read contiguous rows instead of gathering scattered columns each
+    time)."""
     m, n = matrix.shape
     big_m, big_n = B.chain.shape
     rows, columns = B.row_perm, B.perm

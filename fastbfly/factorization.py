@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -18,22 +19,26 @@ from .trees import Node, build_tree
 
 __all__ = ["factorize"]
 
-# Node sizes (stored values) from which the block kernels run in parallel; below it the
-# serial build wins on 2 cores.  (On a loaded machine a parallel region can cost
-# milliseconds when another process holds the second core: 256 x 256 left-to-right took
-# 0.8 ms with a serial root and up to 17 ms with a parallel one.)
-PARALLEL_MIN_NODE_SIZE = 1 << 16
-RANK_R_PARALLEL_MIN_NODE_SIZE = 1 << 22
+# Node sizes (stored values) from which the split kernels, rank one or r, run in
+# parallel.  A parallel region stalls for milliseconds whenever another process holds
+# the second core (its thread waits for a time slice, and the region for it), which on
+# a shared 2-core machine is most of the time: at load 4 the threaded root of
+# 256 x 256 took 12 ms against 0.9 ms serial, 768 x 3072 rank one 36 against 25 ms
+# (benchmarks/general_shapes.py part b).  Even the "idle" runs (load 0.3-1.7) of
+# docs/performance.md and docs/general_shapes.md were slower threaded than the serial
+# kernels' CPU time: DFT N = 1024 left-to-right 17.5 ms against 12.8 ms, 768 x 3072
+# left-to-right 13.9 against 8.4 ms, 1024 x 1024 (10 factors) 9.5 against 5.5 ms.
+SPLIT_PARALLEL_MIN_NODE_SIZE = 1 << 22
 # Blocks are handed out in this many chunks per thread (load balance vs. overhead).
 CHUNKS_PER_THREAD = 4
 # Bytes of the panel into which each task gathers the rows its blocks share.
 PANEL_BYTES = 1 << 25
 # Matrices of this many entries have their permutation candidates factorized in
-# parallel threads (see `_candidate_workers`).  Measured on 2 cores, "auto" on a noisy
-# DFT: 1.6x faster at N = 256, 1.1x at 512; none at 1024-2048, where the threaded block
-# kernels of the root splits already use both cores, and a loss below 256.
+# parallel threads (see `_candidate_workers`): from N = 256 (measured on 2 cores,
+# "auto" on a noisy DFT: 1.6x faster at N = 256, 1.1x at 512, a loss below 256) up to
+# the size where the root splits' own threaded kernels take over both cores.
 PARALLEL_CANDIDATES_MIN_SIZE = 1 << 16
-PARALLEL_CANDIDATES_MAX_SIZE = 1 << 18
+PARALLEL_CANDIDATES_MAX_SIZE = SPLIT_PARALLEL_MIN_NODE_SIZE
 # Relative errors closer than this are a tie between permutation candidates.
 CANDIDATE_TIE = 1e-12
 # Bytes of the rank-r kernel's panel of consecutive blocks (kept within the L2 cache).
@@ -123,8 +128,16 @@ def factorize(matrix, *, chain=None, n_factors=None, rank=1, tree="balanced", pe
         (and for one or two factors) every split's error adds orthogonally, so it is
         the root-sum-square of the splits' residuals, free; for other trees that sum is
         off by up to a few percent, so the product's error is measured instead, in one
-        extra pass over the matrix (measured, one thread: 15-25 % of a balanced
-        factorization at ``N = 1024-4096``).  Also ``"tree"``,
+        extra pass over the matrix (19-33 % of a balanced factorization).  That pass runs
+        on the first read of ``B.info["relative_error"]`` (or of anything that reads
+        every value: ``items()``, ``repr``, ``dict(B.info)``, ``json.dumps``, pickling),
+        not in `factorize`, when nothing else needs it: a single permutation candidate
+        and the caller's own array factorized as it is (no dtype conversion, padding,
+        ``row_perm`` or scaling copy; otherwise it runs at once).  Until then ``B``
+        keeps a reference to the matrix (no copy), and a checksum taken in the pass
+        that checks the matrix's scale makes the first read raise `RuntimeError` if the
+        matrix was modified in place in between: read the error first, or factorize a
+        copy.  ``B.info`` is still a ``dict``.  Also ``"tree"``,
         ``"perm"``/``"row_perm"`` (labels of the chosen permutations),
         ``"candidates"`` (every permutation tried, with its error),
         ``"padded_shape"`` and ``"seconds"``.
@@ -172,7 +185,8 @@ def factorize(matrix, *, chain=None, n_factors=None, rank=1, tree="balanced", pe
     copies = (matrix is not original and not np.shares_memory(matrix, np.asarray(original)))
     copies += padded != (m, n)
     copies += row_perm is not None
-    scale = _scale_exponent(matrix)
+    biggest, fingerprint = _scan(matrix)
+    scale = _scale_exponent(biggest, matrix.dtype)
     copies += scale != 0
     _check_memory(plan, matrix.dtype, padded, copies, memory_limit)
     if scale:
@@ -183,13 +197,19 @@ def factorize(matrix, *, chain=None, n_factors=None, rank=1, tree="balanced", pe
         matrix = grown
     column_candidates = _perm_candidates(perm, n, padded[1], "perm")
     row_candidates = _perm_candidates(row_perm, m, padded[0], "row_perm")
+    # Where the splits' residual sum is not the product's error, measuring it costs one
+    # more pass over the matrix (19-33 % of a balanced factorization).  With a single
+    # candidate (no choice depends on it) and the caller's own array (nothing private
+    # to keep alive), that pass waits for the first read of B.info["relative_error"].
+    deferred = (len(column_candidates) * len(row_candidates) == 1 and copies == 0
+                and not _residual_sum_is_exact(root, orthonormalize, chain))
 
     best = None
     tried = []
     for row_label, rows in row_candidates:
         permuted = matrix if rows is None else matrix[rows]  # one row copy at a time
         results = _run_candidates(permuted, chain, root, plan, column_candidates, orthonormalize,
-                                  progress)
+                                  progress, measure=not deferred)
         for (column_label, columns), (factors, error) in zip(column_candidates, results):
             tried.append({"row_perm": row_label, "perm": column_label, "relative_error": error})
             # Ties within rounding go to the earlier candidate, so the choice does not
@@ -210,24 +230,31 @@ def factorize(matrix, *, chain=None, n_factors=None, rank=1, tree="balanced", pe
         "padded_shape": padded,
         "seconds": time.perf_counter() - started,
     }
-    return Butterfly(factors, perm=columns, row_perm=rows, info=info, shape=(m, n))
+    B = Butterfly(factors, perm=columns, row_perm=rows, info=info, shape=(m, n))
+    if deferred:
+        measure = _DeferredError(matrix, fingerprint, chain, B.factors, B.perm)
+        B.info = _LazyInfo(info, {"relative_error": measure})
+        B.info["candidates"] = [_LazyInfo(tried[0], {"relative_error": measure})]
+    return B
 
 
-def _run_candidates(permuted, chain, root, plan, candidates, orthonormalize, progress) -> list:
+def _run_candidates(permuted, chain, root, plan, candidates, orthonormalize, progress,
+                    measure=True) -> list:
     """Factorize ``permuted[:, columns]`` for every ``(label, columns)`` candidate:
     ``[(factors, relative error), ...]`` in the candidates' order.
 
     The error is exact (to rounding): the residual sum of `_hierarchical` where it is
-    exact (`_residual_sum_is_exact`), else one pass over the matrix
-    (`_exact_relative_error`).  Several candidates run in parallel threads, each with
-    Numba's serial kernels (`_candidate_workers` says when); the results, including the
-    bits of the errors, depend only on the sizes and the thread count.
+    exact (`_residual_sum_is_exact`), else, with ``measure``, one pass over the matrix
+    (`_exact_relative_error`; without it, the residual sum is returned and the caller
+    measures later).  Several candidates run in parallel threads, each with Numba's
+    serial kernels (`_candidate_workers` says when); the results, including the bits of
+    the errors, depend only on the sizes and the thread count.
     """
     exact_sum = _residual_sum_is_exact(root, orthonormalize, chain)
 
     def solve(columns):
         factors, error = _hierarchical(permuted, chain, root, plan, columns, orthonormalize, progress)
-        if not exact_sum:
+        if measure and not exact_sum:
             error = _exact_relative_error(permuted, chain, factors, columns)
         return factors, error
 
@@ -248,20 +275,22 @@ def _candidate_workers(n_candidates: int, size: int, progress) -> int:
 
     Worth it between ``PARALLEL_CANDIDATES_MIN_SIZE`` and ``PARALLEL_CANDIDATES_MAX_SIZE``
     entries: the kernels release the GIL (``nogil``), and whole candidates in parallel
-    keep both cores busy also in the small nodes, where the threaded kernels fall back
-    to serial ones; above, the root splits' threaded kernels already do.  Not with a ``progress``
-    callback (its calls would interleave, and ``KeyboardInterrupt`` must stop the work),
-    nor with Numba's ``workqueue`` threading layer (it aborts on concurrent use) or
-    before the threading layer is known (the first parallel kernel run picks it).
+    keep both cores busy in nodes below ``SPLIT_PARALLEL_MIN_NODE_SIZE``, where the
+    block kernels run serial; above, the root splits' threaded kernels already do.  Not
+    with a ``progress`` callback (its calls would interleave, and ``KeyboardInterrupt``
+    must stop the work), nor with Numba's ``workqueue`` threading layer (it aborts on
+    concurrent use; a tiny parallel kernel is run first if no parallel kernel has picked
+    the layer yet).
     """
     threads = numba.get_num_threads()
     if (n_candidates < 2 or threads < 2 or progress is not None
-            or not PARALLEL_CANDIDATES_MIN_SIZE <= size <= PARALLEL_CANDIDATES_MAX_SIZE):
+            or not PARALLEL_CANDIDATES_MIN_SIZE <= size < PARALLEL_CANDIDATES_MAX_SIZE):
         return 1
     try:
         layer = numba.threading_layer()
-    except ValueError:  # no parallel kernel has run yet in this process
-        return 1
+    except ValueError:  # no parallel kernel has run yet in this process: one picks it
+        _kernels.pick_threading_layer(np.empty(1, np.int64))
+        layer = numba.threading_layer()
     if layer == "workqueue":
         return 1
     return min(threads, n_candidates)
@@ -301,6 +330,156 @@ def _exact_relative_error(permuted, chain: Chain, factors, columns) -> float:
     return total / norm if norm > 0 else 0.0
 
 
+class _DeferredError:
+    """The exact relative error of a factorization, measured on first request.
+
+    Keeps a reference to the caller's matrix (no copy) and the result's read-only
+    factors and permutation until then, and the checksum of the matrix that `factorize`
+    took with its scale check (`_scan`): the matrix modified in place before the error
+    is read gives a `RuntimeError` instead of the error of another matrix.  Measured
+    once (thread-safe); the references are dropped afterwards.
+    """
+
+    def __init__(self, matrix, checksum, chain, factors, columns):
+        self._lock = threading.Lock()
+        self._args = (matrix, chain, tuple(factors), columns)
+        self._checksum = checksum
+        self._value = None
+
+    def __call__(self) -> float:
+        with self._lock:
+            if self._value is None:
+                matrix, chain, factors, columns = self._args
+                if _scan(matrix)[1] != self._checksum:
+                    raise RuntimeError(
+                        "the matrix given to fastbfly.factorize was modified in place before "
+                        "B.info['relative_error'] was read, and that error is measured on "
+                        "first read: read it before modifying the matrix (or factorize a "
+                        "copy); fastbfly.compression_report(matrix, B) measures B against "
+                        "the matrix as it is now"
+                    )
+                self._value = _exact_relative_error(matrix, chain, factors, columns)
+                self._args = None  # the matrix may be freed now
+            return self._value
+
+
+class _LazyInfo(dict):
+    """``B.info`` whose deferred entries are computed on their first read.
+
+    A real ``dict`` (``isinstance``, ``json.dumps``, ``dict(info)``, ``{**info}``,
+    pickling and ``copy`` all see the computed values): a deferred key holds a
+    placeholder until ``info[key]``, ``get``, ``items``, ``values``, ``repr``, ``==``,
+    ``pop``, a copy or pickling asks for it.  Setting or deleting the key cancels the
+    deferred computation.
+    """
+
+    def __init__(self, values: dict, deferred: dict):
+        super().__init__(values)
+        self._deferred = dict(deferred)
+        for key in deferred:
+            dict.__setitem__(self, key, _PENDING)
+
+    def __getitem__(self, key):
+        value = dict.__getitem__(self, key)
+        if value is _PENDING:
+            value = self._deferred[key]()  # computed once, also if two threads ask
+            dict.__setitem__(self, key, value)
+            self._deferred.pop(key, None)
+        return value
+
+    def _compute_all(self):
+        for key in list(self._deferred):
+            if key in self:
+                self[key]
+
+    def __iter__(self):  # a Python-level __iter__ makes dict(), {**x} use __getitem__
+        return dict.__iter__(self)
+
+    def get(self, key, default=None):
+        return self[key] if key in self else default
+
+    def items(self):
+        self._compute_all()
+        return dict.items(self)
+
+    def values(self):
+        self._compute_all()
+        return dict.values(self)
+
+    def copy(self) -> dict:
+        return dict(self)
+
+    def pop(self, key, *default):
+        if key in self:
+            value = self[key]
+            dict.__delitem__(self, key)
+            return value
+        return dict.pop(self, key, *default)
+
+    def popitem(self):
+        self._compute_all()
+        return dict.popitem(self)
+
+    def setdefault(self, key, default=None):
+        if key in self:
+            return self[key]
+        dict.__setitem__(self, key, default)
+        return default
+
+    def __setitem__(self, key, value):
+        self._deferred.pop(key, None)
+        dict.__setitem__(self, key, value)
+
+    def __delitem__(self, key):
+        self._deferred.pop(key, None)
+        dict.__delitem__(self, key)
+
+    def update(self, *args, **kwargs):
+        for key, value in dict(*args, **kwargs).items():
+            self[key] = value
+
+    def clear(self):
+        self._deferred.clear()
+        dict.clear(self)
+
+    def __or__(self, other):
+        return dict(self) | other
+
+    def __ror__(self, other):
+        return other | dict(self)
+
+    def __ior__(self, other):
+        self.update(other)
+        return self
+
+    def __eq__(self, other):
+        self._compute_all()
+        if isinstance(other, _LazyInfo):
+            other._compute_all()
+        return dict.__eq__(self, other)
+
+    def __ne__(self, other):
+        equal = self.__eq__(other)
+        return equal if equal is NotImplemented else not equal
+
+    __hash__ = None
+
+    def __repr__(self):
+        self._compute_all()
+        return dict.__repr__(self)
+
+    def __reduce_ex__(self, protocol):  # pickle and copy: a plain dict of the values
+        return dict, (dict(self),)
+
+
+class _Pending:
+    def __repr__(self):
+        return "<computed on first read>"
+
+
+_PENDING = _Pending()
+
+
 def _as_matrix(matrix) -> np.ndarray:
     """Validate the input and return a C-contiguous array of a supported dtype
     (a view of the caller's array when nothing needs converting)."""
@@ -326,8 +505,9 @@ def _as_matrix(matrix) -> np.ndarray:
     return np.ascontiguousarray(array)
 
 
-def _scale_exponent(matrix: np.ndarray) -> int:
-    """``e`` such that `factorize` should work on ``matrix / 2**e`` (0: as it is).
+def _scale_exponent(biggest: float, dtype) -> int:
+    """``e`` such that `factorize` should work on ``matrix / 2**e`` (0: as it is), from
+    the largest ``|real|`` or ``|imaginary|`` part ``biggest`` of the matrix (`_scan`).
 
     The block kernels scale every block exactly, but the values passed between tree
     levels (singular values of whole blocks, the column norms pushed right) are in the
@@ -336,36 +516,33 @@ def _scale_exponent(matrix: np.ndarray) -> int:
     exponent range of either end are therefore factorized scaled to ``[0.5, 1)``, and
     the power of two is given back to the factors.  NaN and Inf: 0 (refused later).
     """
-    # Largest |real| or |imaginary| part, in one pass over the raw values (no temporary
-    # array for large matrices, and no overflow of |z| for complex entries near the
-    # largest float); four strided max/min passes of numpy took 35 ms at N = 4096
-    # complex, this ~10 ms.
-    biggest = _largest_magnitude(matrix)
     if not np.isfinite(biggest) or biggest == 0.0:
         return 0
     exponent = math.frexp(biggest)[1]
-    limits = np.finfo(matrix.dtype)
+    limits = np.finfo(dtype)
     margin = limits.maxexp // 4
     if limits.minexp + margin <= exponent <= limits.maxexp - margin:
         return 0
     return exponent
 
 
-def _largest_magnitude(matrix: np.ndarray) -> float:
-    """``max |x|`` over the real and imaginary parts of ``matrix`` (NaN if it holds
-    NaN): numpy for small matrices, one threaded pass without temporaries for large
-    ones."""
+def _scan(matrix: np.ndarray) -> tuple[float, int]:
+    """One pass over the values of ``matrix`` (`fastbfly._kernels.scan`): ``(largest
+    |real| or |imaginary| part, or NaN if any is NaN; checksum of the bit patterns)``,
+    for the scale check and a deferred error measurement.  No temporary array, no
+    overflow of ``|z|`` for complex entries near the largest float, and a third of the
+    time of numpy's ``max`` and ``min`` (serial: it is memory-bound)."""
     if matrix.flags.f_contiguous and not matrix.flags.c_contiguous:
-        matrix = matrix.T  # a view: the order does not matter for a maximum
+        matrix = matrix.T  # a view: same values, read in memory order
     flat = np.ascontiguousarray(matrix).reshape(-1)
     if flat.dtype.kind == "c":
         flat = flat.view(flat.real.dtype)
-    if flat.size < PARALLEL_MIN_NODE_SIZE * 16:
-        return float(np.max(np.abs(flat))) if flat.size else 0.0
-    n_chunks = numba.get_num_threads()
-    chunk_largest = np.empty(n_chunks)
-    _kernels.largest_magnitude_parallel(flat, n_chunks, chunk_largest)
-    return float(chunk_largest.max()) if not np.isnan(chunk_largest).any() else math.nan
+    unsigned = np.uint64 if flat.itemsize == 8 else np.uint32
+    sign = unsigned(1) << unsigned(8 * flat.itemsize - 1)
+    largest, checksum = _kernels.scan(flat.view(unsigned), ~sign)
+    if largest > np.array(np.inf, dtype=flat.dtype).view(unsigned):
+        return math.nan, int(checksum)
+    return float(unsigned(largest).view(flat.dtype)), int(checksum)
 
 
 def _ldexp(values: np.ndarray, exponent: int) -> np.ndarray:
@@ -721,11 +898,7 @@ def _split(node_values, columns, split: _Split, left, right, sigma_power):
     # Singular vectors in double precision whatever the data's precision.
     work = np.zeros(1, dtype=np.complex128 if node_values.dtype.kind == "c" else np.float64)
     tol = 8.0 * np.finfo(np.float64).eps
-    # Rank-r blocks cost more per value, but their panels are fewer and coarser: below
-    # about 4M values the two-thread region was slower than one thread (1024² rank 2,
-    # 384 × 1536 rank 4, 240 × 960 rank 2; benchmarks/general_shapes.py part b).
-    min_size = RANK_R_PARALLEL_MIN_NODE_SIZE if split.rank > 1 else PARALLEL_MIN_NODE_SIZE
-    parallel = node_values.size >= min_size and threads > 1
+    parallel = node_values.size >= SPLIT_PARALLEL_MIN_NODE_SIZE and threads > 1
     if split.rank > 1:
         # consecutive t of one block group, gathered together, read contiguous runs
         batch = max(1, min(d, RANK_PANEL_BYTES // (b1 * c2 * work.itemsize)))
@@ -775,15 +948,11 @@ def _push_column_frames(factor_values: np.ndarray, target: np.ndarray, rank: int
             factor_values /= divisors
         target *= norms.reshape(ta, tb, 1, td)
         return
-    # (a, b, c, d) -> (a, c/r, d, b, r): one b × r matrix per column group
-    groups = factor_values.reshape(a, b, c // rank, rank, d).transpose(0, 2, 4, 1, 3)
-    q, r = np.linalg.qr(groups)
-    factor_values[...] = q.transpose(0, 3, 1, 4, 2).reshape(a, b, c, d)
-    # target (a', b', c', d') -> (a', d/d', d', r, c'): the r rows each R mixes
-    spread = d // td
-    rows = target.reshape(ta, rank, spread, tc, td).transpose(0, 2, 4, 1, 3)
-    mixed = np.matmul(r.reshape(ta, spread, td, rank, rank), rows)
-    target[...] = mixed.transpose(0, 3, 1, 4, 2).reshape(ta, tb, tc, td)
+    # one b × r matrix per column group, Gram-Schmidt in place (a batched
+    # np.linalg.qr and matmul took 1.1 ms of an 11 ms factorization of 1024 x 1024,
+    # 3 factors rank 2, balanced)
+    work = np.zeros(1, dtype=np.complex128 if factor_values.dtype.kind == "c" else np.float64)
+    _kernels.push_column_frames_rank_r(factor_values, target, rank, work)
 
 
 def _raise_not_finite(matrix):

@@ -53,12 +53,17 @@ SCRIPT = textwrap.dedent("""
     def threaded_digest():
         # Sizes for which fastbfly picks its threaded kernels (2+ Numba threads), with the
         # argument types of `digest`: same Numba signatures, other kernel variants, and
-        # only those (two factors: one split, of the whole 2**16-entry matrix).
+        # only those (two factors: one split, of the whole matrix, at the smallest square
+        # power of two that the split kernels thread).
+        from fastbfly.factorization import SPLIT_PARALLEL_MIN_NODE_SIZE
+        side = 1 << (SPLIT_PARALLEL_MIN_NODE_SIZE.bit_length() // 2)
         rng = np.random.default_rng(1)
-        B = fastbfly.factorize(rng.standard_normal((256, 256)), n_factors=2)
-        n = 2**16  # one vector: 2**21 stored values
+        B = fastbfly.factorize(rng.standard_normal((side, side)), n_factors=2)
+        n = 2**16  # one vector: 2**21 stored values, in 4 x 4 blocks (a chain of 2 x 2
+        # blocks takes its serial one-vector kernel at every size)
+        radices = [4] * 8
         L = fastbfly.Butterfly([fastbfly.Factor(p, rng.standard_normal(tuple(p)))
-                                for p in fastbfly.Chain.square_dyadic(n)])
+                                for p in fastbfly.Chain.from_radices(radices, radices)])
         y = L @ rng.standard_normal(n)
         h = hashlib.sha256(b"".join(f.values.tobytes() for f in B.factors))
         h.update(y.tobytes())

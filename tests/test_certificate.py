@@ -341,6 +341,54 @@ def test_every_block_solver_matches_the_svd_reference(rng, kind):
         np.testing.assert_allclose(computed, exact, rtol=1e-8)
 
 
+@pytest.mark.parametrize("tile_bytes", [1, None, 1 << 40])
+@pytest.mark.parametrize("chain_name", ["dyadic64", "12x12 radices", "16x64", "rank2"])
+@pytest.mark.parametrize("dtype", [np.float32, np.complex128])
+def test_split_errors_match_the_svd_reference_for_every_tile_grouping(rng, monkeypatch,
+                                                                       tile_bytes, chain_name,
+                                                                       dtype):
+    # one split per pass (tiny tiles), the default groups, and every rank-one split in
+    # one pass: the same errors, those of LAPACK
+    from fastbfly import _errors
+
+    chain = {
+        "dyadic64": fastbfly.Chain.square_dyadic(64),
+        "12x12 radices": fastbfly.Chain.from_radices([2, 3, 2], [3, 2, 2]),
+        "16x64": fastbfly.Chain.auto(16, 64, 4),
+        "rank2": fastbfly.Chain.auto(32, 32, 3, 2),
+    }[chain_name]
+    if tile_bytes is not None:
+        monkeypatch.setattr(_errors, "TILE_BYTES", tile_bytes)
+    groups = _errors._tile_groups(chain, np.dtype(dtype).itemsize)
+    if tile_bytes == 1:
+        assert all(len(group) == 1 for group in groups)
+    Z = noisy(rng, product(rng, chain, np.dtype(dtype)), 0.1).astype(dtype)
+    perm = rng.permutation(chain.shape[1])
+    B = fastbfly.factorize(Z, chain=chain, perm=perm)
+    double = Z.astype(np.complex128 if np.dtype(dtype).kind == "c" else np.float64)
+    exact = [svd_split_error(double, chain, perm, l) for l in range(1, len(chain))]
+    np.testing.assert_allclose(split_errors(Z, chain, perm), exact, rtol=1e-8)
+    np.testing.assert_allclose(certify(Z, B).split_errors, exact, rtol=1e-8)  # warm starts
+
+
+@pytest.mark.parametrize("n", [64, 1024, 4096, 8192])
+@pytest.mark.parametrize("itemsize", [8, 16])
+def test_tile_groups_cover_the_splits_and_fit_the_tile(n, itemsize):
+    from fastbfly import _errors
+
+    for chain in (fastbfly.Chain.square_dyadic(n), fastbfly.Chain.auto(n, 2 * n, 3),
+                  fastbfly.Chain.auto(max(n, 16), max(n, 16), 3, 2)):
+        groups = _errors._tile_groups(chain, itemsize)
+        assert [l for group in groups for l in group] == list(range(1, len(chain)))
+        for group in groups:
+            geometry = [_errors.split_geometry(chain, l) for l in group]
+            if len(group) > 1:  # rank one, blocks of the last rows x first columns fit
+                assert all(g[2] == 1 for g in geometry)
+                assert geometry[-1][0] * geometry[0][3] * itemsize <= _errors.TILE_BYTES
+    if n == 4096 and itemsize == 16:  # L = 12: three passes instead of eleven
+        assert len(_errors._tile_groups(fastbfly.Chain.square_dyadic(n), itemsize)) == 3
+
+
 def test_threaded_and_serial_split_errors_agree(rng):
     import numba
 
@@ -412,14 +460,19 @@ def per_block_errors(Z, chain, split_at, values):
     work = np.zeros(1, dtype=np.complex128 if Z.dtype.kind == "c" else np.float64)
     starts, side = _errors._warm_starts(chain, values, split_at, work.dtype)
     assert side in (1, 2)  # the warm path is the one under test
-    n_blocks = b2 * c1  # batch 1: chunk k is task k, i.e. block (j2, k1) = divmod(k, c1)
-    out = _errors._outputs(n_blocks)
-    _error_kernels.split_errors_rank_one_serial(
-        np.ascontiguousarray(Z), np.arange(n, dtype=np.int64), True, b1, c1, 1,
-        8 * np.finfo(np.float64).eps, work, starts, side, n_blocks, *out)
-    _, residual2, exponent, bad = out
+    # one split, tiles of one block (width C2): chunk k is tile k, i.e. block
+    # (j2, k1) = divmod(k, c1)
+    n_blocks = b2 * c1
+    shape = (n_blocks, 1)
+    norm2, residual2 = np.zeros(shape), np.zeros(shape)
+    exponent, bad = np.zeros(shape, dtype=np.int64), np.zeros(shape, dtype=np.int64)
+    unit = np.full(1, 1j if work.dtype.kind == "c" else 0, dtype=work.dtype)
+    _error_kernels.split_errors_tiled_serial(
+        np.ascontiguousarray(Z), np.arange(n, dtype=np.int64), True, np.array([b1]),
+        np.array([c2]), np.array([side]), np.zeros(1, dtype=np.int64), starts.ravel(), c2,
+        8 * np.finfo(np.float64).eps, work, unit, n_blocks, norm2, residual2, exponent, bad)
     assert not bad.any()
-    computed = np.ldexp(residual2, 2 * exponent).reshape(b2, c1)
+    computed = np.ldexp(residual2[:, 0], 2 * exponent[:, 0]).reshape(b2, c1)
     blocks = Z.astype(work.dtype).reshape(b1, b2, c1, c2).transpose(1, 2, 0, 3)
     singular = np.linalg.svd(blocks, compute_uv=False)
     return computed, np.sum(singular[..., 1:] ** 2, axis=-1), np.sum(singular ** 2, axis=-1)

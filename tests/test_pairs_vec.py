@@ -177,12 +177,19 @@ def test_fast_path_only_where_it_applies(rng, monkeypatch):
     x = rng.standard_normal(6)
     assert_close(general @ x, naive.butterfly_dense(general) @ x, np.float64)
     assert general._pairs_plans[(False, False)] is False
-    # Large enough for threads: the checked path decides (serial or threaded).
+    # Above the size where other chains share one product between threads, chains of
+    # 2 × 2 blocks keep the serial fused kernel (faster than the threaded driver).
     monkeypatch.setattr(butterfly_module, "PARALLEL_MIN_NNZ_VEC", 16)
     B = make(rng, "n32", np.complex128, permuted=True)
     x = random_array(rng, 32, np.complex128)
     assert_close(B @ x, dense(B, "forward") @ x, np.complex128)
-    assert B._pairs_plans[(False, False)] is False
+    assert B._pairs_plans[(False, False)]
+    calls = []
+    monkeypatch.setattr(fastbfly._kernels, "apply_chain_parallel",
+                        lambda *args: calls.append(args))
+    assert_close(B.H @ x, dense(B, "forward").conj().T @ x, np.complex128)
+    assert_close(B @ x[:, None], dense(B, "forward") @ x[:, None], np.complex128)
+    assert calls == []
 
 
 def test_vector_path_is_built_by_vector_products_only(rng):

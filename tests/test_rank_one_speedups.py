@@ -8,7 +8,7 @@ import pytest
 import fastbfly
 from fastbfly import Butterfly, Factor, _kernels
 from fastbfly.patterns import Chain
-from fastbfly.factorization import _largest_magnitude
+from fastbfly.factorization import _scan
 
 from conftest import dtype_id, eps, random_array
 
@@ -144,21 +144,39 @@ def test_two_row_residual_is_accurate_when_tiny(ratio, dtype, rng):
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=dtype_id)
-@pytest.mark.parametrize("size", [1, 7, 4096, 1 << 21])
+@pytest.mark.parametrize("size", [1, 7, 4097])
 def test_largest_magnitude(size, dtype, rng):
     """One pass for factorize's scale check: max |real|, |imag| (NaN if any is NaN;
-    Inf is its largest magnitude), serial and threaded."""
+    Inf is its largest magnitude)."""
+    def largest(values):
+        return _scan(values)[0]
+
     values = random_array(rng, (size,), dtype)
     spot = int(rng.integers(size))
     values[spot] = -3e30 if np.dtype(dtype).kind == "f" else 2e30j - 1
     parts = np.abs(values.view(values.real.dtype))
-    assert _largest_magnitude(values) == float(parts.max()) == pytest.approx(3e30 if np.dtype(dtype).kind == "f" else 2e30)
+    assert largest(values) == float(parts.max()) == pytest.approx(3e30 if np.dtype(dtype).kind == "f" else 2e30)
     matrix = values.reshape(1, -1)
-    assert _largest_magnitude(matrix) == float(parts.max())
+    assert largest(matrix) == float(parts.max())
+    assert largest(np.asfortranarray(values.reshape(-1, 1))) == float(parts.max())
     values[(spot + 1) % size] = np.inf
-    assert _largest_magnitude(values) == np.inf
-    values[(spot + 2) % size] = np.nan
-    assert np.isnan(_largest_magnitude(values))
+    assert largest(values) == np.inf
+    values[(spot + 2) % size] = -np.nan
+    assert np.isnan(largest(values))
+    assert largest(np.zeros(3, dtype)) == 0.0
+    assert largest(np.full(3, -0.0, dtype)) == 0.0
+
+
+@pytest.mark.parametrize("unsigned", [np.uint32, np.uint64])
+def test_scan_kernel(unsigned, rng):
+    """The scan kernel's maximum of the masked bit patterns and its checksum, against
+    Python integers."""
+    bits = rng.integers(0, np.iinfo(unsigned).max, size=1001, dtype=unsigned, endpoint=True)
+    mask = ~(unsigned(1) << unsigned(8 * bits.itemsize - 1))
+    largest, checksum = _kernels.scan(bits, mask)
+    assert int(largest) == int((bits & mask).max())
+    assert int(checksum) == sum(int(b) * (2 * k + 1) for k, b in enumerate(bits)) % 2**64
+    assert [int(v) for v in _kernels.scan(bits[:0], mask)] == [0, 0]
 
 
 @pytest.mark.parametrize("tree", ["balanced", "left-to-right"])

@@ -210,3 +210,41 @@ def test_exact_relative_error_is_the_dense_one(rng):
     B = factorize(Z, chain=chain, tree="balanced")
     error = _exact_relative_error(Z, chain, B.factors, np.arange(chain.shape[1], dtype=np.int64))
     assert error == pytest.approx(dense_error(B, Z), rel=1e-12)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64, np.complex64, np.complex128], ids=dtype_id)
+@pytest.mark.parametrize("name", sorted(RANK_CHAINS))
+@pytest.mark.parametrize("kind", ["random", "dependent", "huge", "tiny"])
+def test_push_column_frames_rank_r(name, kind, dtype, rng):
+    """The Gram-Schmidt kernel: column groups orthonormal, the product of the factor and
+    the next one unchanged, also for dependent columns (a zero and a repeated column
+    per group) and entries whose squares overflow or underflow."""
+    from fastbfly.factorization import _push_column_frames
+
+    chain = RANK_CHAINS[name]
+    for k in range(len(chain) - 1):
+        rank = chain.ranks[k]
+        first = random_array(rng, tuple(chain[k]), dtype)
+        second = random_array(rng, tuple(chain[k + 1]), dtype)
+        if kind == "dependent":
+            first[:, :, 0::rank, :] = 0
+            if rank > 2:
+                first[:, :, rank - 1::rank, :] = first[:, :, 1::rank, :]
+        elif kind in ("huge", "tiny"):
+            # squares beyond the largest float, or below the smallest normal one
+            scale = np.finfo(dtype).max / 1e4 if kind == "huge" else np.sqrt(np.finfo(dtype).tiny) * 1e-10
+            first = (first / np.abs(first).max() * scale).astype(dtype)
+            second = (second / np.abs(second).max()).astype(dtype)
+        before = values_product([chain[k], chain[k + 1]], [first, second])
+        q, target = first.copy(), second.copy()
+        _push_column_frames(q, target, rank)
+        assert np.all(np.isfinite(q)) and np.all(np.isfinite(target))
+        a, b, c, d = q.shape
+        groups = q.reshape(a, b, c // rank, rank, d).transpose(0, 2, 4, 1, 3).astype(np.complex128)
+        gram = np.conj(groups.swapaxes(-1, -2)) @ groups
+        np.testing.assert_allclose(gram, np.broadcast_to(np.eye(rank), gram.shape), atol=30 * rtol(dtype))
+        after = values_product([chain[k], chain[k + 1]], [q, target])
+        assert np.all(np.isfinite(before)) and np.all(np.isfinite(after))
+        unit = np.abs(before).max()  # norms of the scaled products: no overflow in the test
+        difference = np.linalg.norm((after - before) / unit)
+        assert difference <= 30 * rtol(dtype) * np.linalg.norm(before / unit)

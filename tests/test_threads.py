@@ -26,9 +26,11 @@ from conftest import random_array, random_factors
 N_THREADS = 8
 PRODUCTS_PER_THREAD = 100  # 20 for the large butterfly, whose products take milliseconds
 # Sizes that make `Butterfly` pick its threaded kernels (when Numba has 2+ threads): one
-# vector shares the product from PARALLEL_MIN_NNZ_VEC stored values, blocks from
-# PARALLEL_MIN_WORK multiply-adds.
-LARGE_N = 2**16  # square dyadic: 2 * 2**16 * 16 = 2**21 stored values
+# vector shares the product from PARALLEL_MIN_NNZ_VEC stored values (chains of 2 × 2
+# blocks excepted: their one-vector kernel is serial at every size, so the threaded
+# one-vector driver is exercised by a radix-4 chain), blocks from PARALLEL_MIN_WORK
+# multiply-adds.
+LARGE_N = 2**16  # square dyadic: 2 * 2**16 * 16 = 2**21 stored values; radix 4: the same
 LARGE_NNZ = 2 * LARGE_N * 16
 PARALLEL_COLUMNS = -(-getattr(fastbfly.butterfly, "PARALLEL_MIN_WORK", 1 << 24) // LARGE_NNZ)
 assert LARGE_NNZ >= getattr(fastbfly.butterfly, "PARALLEL_MIN_NNZ_VEC", 1 << 21)
@@ -41,6 +43,9 @@ def make_shared(name: str):
         chain, dtype, shape, x_dtypes = Chain.square_dyadic(256), np.complex128, None, [np.complex128, np.float64]
     elif name == "large-real-parallel-kernels":  # the threaded kernels (see LARGE_N)
         chain, dtype, shape, x_dtypes = Chain.square_dyadic(LARGE_N), np.float64, None, [np.float64]
+    elif name == "large-radix-4-parallel-chain":  # the threaded general driver, one vector too
+        radices = [4] * (LARGE_N.bit_length() // 2)
+        chain, dtype, shape, x_dtypes = Chain.from_radices(radices, radices), np.float64, None, [np.float64]
     elif name == "float32-casts-in-threads":
         # float64 and complex operands make each thread want a cast copy of the factors
         chain, dtype, shape, x_dtypes = Chain.square_dyadic(512), np.float32, None, [np.float64, np.complex128]
@@ -75,8 +80,8 @@ def apply(B, kind, x):
     return B @ x
 
 
-SHARED = ["small-complex-serial-kernels", "large-real-parallel-kernels", "float32-casts-in-threads",
-          "rank-2-padded"]
+SHARED = ["small-complex-serial-kernels", "large-real-parallel-kernels", "large-radix-4-parallel-chain",
+          "float32-casts-in-threads", "rank-2-padded"]
 
 
 @pytest.mark.parametrize("name", SHARED)
@@ -115,13 +120,14 @@ def test_many_threads_share_one_butterfly(name):
     assert done == [products] * N_THREADS
 
 
-def test_results_do_not_depend_on_the_number_of_numba_threads():
+@pytest.mark.parametrize("name", ["large-real-parallel-kernels", "large-radix-4-parallel-chain"])
+def test_results_do_not_depend_on_the_number_of_numba_threads(name):
     """The threaded kernels split rows between tasks but add in the same order, so the
     product is bitwise the same with 1 and with all threads (and so across machines
     with different core counts)."""
     if numba.config.NUMBA_NUM_THREADS < 2:
         pytest.skip("Numba has a single thread here")
-    B, operands = make_shared("large-real-parallel-kernels")
+    B, operands = make_shared(name)
     previous = numba.get_num_threads()
     try:
         numba.set_num_threads(1)
@@ -248,8 +254,12 @@ DETERMINISM_SCRIPT = textwrap.dedent("""
         L = Butterfly([Factor(p, v) for p, v in zip(chain, factors)], perm=rng.permutation(2**16))
         x = rng.standard_normal(2**16)
         X = rng.standard_normal((2**16, COLUMNS))
+        # (one vector of a 2 × 2 chain is serial at every size: the threaded one-vector
+        # driver is exercised by a radix-4 chain of as many values)
+        radix4 = Chain.from_radices([4] * 8, [4] * 8)
+        R = Butterfly([Factor(p, rng.standard_normal(tuple(p))) for p in radix4])
         for name, y in [("L@x", L @ x), ("L@X", L @ X), ("L.H@X", L.H @ X), ("B@x", B @ x[:512]),
-                        ("C.H@X", C.H @ X[:256, :5])]:
+                        ("C.H@X", C.H @ X[:256, :5]), ("R@x", R @ x), ("R.H@x", R.H @ x)]:
             out[name] = hashlib.sha256(y.tobytes()).hexdigest()
         return out
 
