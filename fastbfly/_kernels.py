@@ -980,6 +980,29 @@ def _row_norm(Z, k, n):
 
 
 @_kernel()
+def _least_covered_direction(Z, k, n):
+    """Replace row ``k`` of ``Z`` by the coordinate vector that rows ``0..k-1``
+    (orthonormal, ``k < n``) cover least, with those rows projected out (twice: "twice
+    is enough"); returns its norm (at least ``sqrt(1 - k/n)``).  Fills the basis where
+    row ``k`` was numerically dependent on the previous ones."""
+    best = 0
+    best_cover = np.inf
+    for j in range(n):
+        cover = 0.0
+        for m in range(k):
+            cover += _abs2(Z[m, j])
+        if cover < best_cover:
+            best_cover = cover
+            best = j
+    for j in range(n):
+        Z[k, j] = 0.0
+    Z[k, best] = 1.0
+    _project_out(Z, k, n)
+    _project_out(Z, k, n)
+    return _row_norm(Z, k, n)
+
+
+@_kernel()
 def _orthonormalize_rows(Z, r, n):
     """Make rows ``0..r-1`` of ``Z`` (length ``n >= r``) orthonormal, in order.
 
@@ -998,21 +1021,7 @@ def _orthonormalize_rows(Z, r, n):
             if norm > 0.5 * before:
                 break
         if not norm > DEPENDENT * original:
-            best = 0
-            best_cover = np.inf
-            for j in range(n):
-                cover = 0.0
-                for m in range(k):
-                    cover += _abs2(Z[m, j])
-                if cover < best_cover:
-                    best_cover = cover
-                    best = j
-            for j in range(n):
-                Z[k, j] = 0.0
-            Z[k, best] = 1.0
-            _project_out(Z, k, n)
-            _project_out(Z, k, n)
-            norm = _row_norm(Z, k, n)
+            norm = _least_covered_direction(Z, k, n)
         inv = 1.0 / norm
         for j in range(n):
             Z[k, j] *= inv
@@ -1456,21 +1465,7 @@ def push_column_frames_rank_r(values, target, rank, work):
                         # dependent: R[ρ, ρ] = 0, and a unit direction orthogonal to the
                         # previous ones (any completes the basis)
                         norm = 0.0
-                        best = 0
-                        best_cover = np.inf
-                        for j in range(b):
-                            cover = 0.0
-                            for m in range(rho):
-                                cover += _abs2(Q[m, j])
-                            if cover < best_cover:
-                                best_cover = cover
-                                best = j
-                        for j in range(b):
-                            Q[rho, j] = 0.0
-                        Q[rho, best] = 1.0
-                        _project_out(Q, rho, b)
-                        _project_out(Q, rho, b)
-                        inv = 1.0 / _row_norm(Q, rho, b)
+                        inv = 1.0 / _least_covered_direction(Q, rho, b)
                     else:
                         inv = 1.0 / norm
                     R[rho, rho] = norm
