@@ -493,13 +493,13 @@ def certify(matrix, B: Butterfly) -> Certificate:
     matrix = _as_matrix(matrix)
     if matrix.shape != B.shape:
         raise ValueError(f"matrix of shape {matrix.shape} does not match B of shape {B.shape}")
-    if not np.all(np.isfinite(matrix)):
-        where = tuple(int(i) for i in np.argwhere(~np.isfinite(matrix))[0])
-        raise ValueError(f"matrix contains NaN or Inf (first at index {where}); cannot certify")
     chain = B.chain
     if getattr(chain, "reversed", False):
         # The transpose of a chainable product (e.g. ``factorize(...).H``): certify the
-        # transposed problem, which has the same errors, split ``l`` becoming ``L - l``.
+        # transposed problem, which has the same errors, split ``l`` becoming ``L - l``
+        # (checked for NaN and Inf here, to name the index in ``matrix``).
+        if not np.all(np.isfinite(matrix)):
+            _raise_not_finite(matrix)
         mirrored = certify(np.conj(matrix).T, B.H)
         return dataclasses.replace(
             mirrored, chain=chain, split_errors=mirrored.split_errors[::-1], tree=None,
@@ -524,12 +524,22 @@ def certify(matrix, B: Butterfly) -> Certificate:
     target, row_inside, column_inside = _target(matrix, B)
     values = [f.values for f in B.factors]
     # B's own blocks (exactly rank one) start the power iterations near their answer
-    errors = _errors.split_errors(target, chain, values=values) if len(chain) > 1 else np.empty(0)
+    # NaN and Inf are not looked for up front (a pass of its own): the passes below
+    # detect them, the split errors by raising, the product's by a norm that is not finite
+    try:
+        errors = _errors.split_errors(target, chain, values=values) if len(chain) > 1 else np.empty(0)
+    except ValueError:
+        if np.all(np.isfinite(target)):
+            raise
+        errors = None
     split_seconds = time.perf_counter() - started
 
     started = time.perf_counter()
-    norm, actual, padded = _errors.product_errors(
-        target, chain, values, None, row_inside, column_inside)
+    if errors is not None:
+        norm, actual, padded = _errors.product_errors(
+            target, chain, values, None, row_inside, column_inside)
+    if errors is None or not math.isfinite(norm):
+        _raise_not_finite(matrix)
     product_seconds = time.perf_counter() - started
     return Certificate(
         chain=chain,
@@ -542,6 +552,11 @@ def certify(matrix, B: Butterfly) -> Certificate:
         split_seconds=split_seconds,
         product_seconds=product_seconds,
     )
+
+
+def _raise_not_finite(matrix: np.ndarray):
+    where = tuple(int(i) for i in np.argwhere(~np.isfinite(matrix))[0])
+    raise ValueError(f"matrix contains NaN or Inf (first at index {where}); cannot certify")
 
 
 def _target(matrix: np.ndarray, B: Butterfly) -> tuple:

@@ -279,6 +279,36 @@ def test_rejects_bad_matrices(small, matrix, error, match):
         certify(matrix(Z), B)
 
 
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+@pytest.mark.parametrize(
+    "case",
+    ["dyadic", "permuted", "rank two", "padded", "transposed", "one factor", "complex64"],
+)
+def test_not_finite_entries_are_named_whatever_the_path(rng, case, bad):
+    # No pass of its own looks for NaN/Inf: each kind of problem must still name the
+    # entry of the caller's matrix, without touching it
+    shape, kwargs = (32, 32), {}
+    if case == "permuted":
+        kwargs = {"perm": "bitrev", "row_perm": rng.permutation(32)}
+    elif case == "rank two":
+        kwargs = {"chain": fastbfly.Chain.auto(32, 32, n_factors=2, rank=2)}
+    elif case == "padded":
+        shape, kwargs = (30, 28), {"n_factors": 3, "pad": True}
+    elif case == "one factor":
+        kwargs = {"n_factors": 1}
+    dtype = np.complex64 if case == "complex64" else np.float64
+    Z = random_array(rng, shape, dtype)
+    B = fastbfly.factorize(Z, **kwargs)
+    if case == "transposed":
+        Z, B = Z.conj().T.copy(), B.H
+    where = (5, 7)
+    Z[where] = bad
+    before = Z.copy()
+    with pytest.raises(ValueError, match=r"NaN or Inf \(first at index \(5, 7\)\)"):
+        certify(Z, B)
+    np.testing.assert_array_equal(Z, before)
+
+
 def test_integer_and_bool_matrices_are_read_as_float(small):
     _, B = small
     ones = np.ones((8, 8), dtype=np.int64)
