@@ -51,8 +51,11 @@ FAST_RANGE = 400
 SAFE_SUM_LOW = 2.0 ** -800
 SAFE_SUM_HIGH = 2.0 ** 800
 # Blocks with a side of at most this many rows or columns get their top singular value
-# from that side's Gram matrix instead of power iteration.
-GRAM_SIDE = 8
+# from that side's Gram matrix instead of power iteration.  A 16-row Gram costs 8.5
+# multiply-adds per entry against about 5 for power iteration, but it also gives the
+# Gram matrices of the 8-, 4- and 2-row splits by sums (`_derived_gram`), which would
+# cost 4.5 + 2.5 + 1.5 more (measured at N = 4096: 383 -> 316 ms of CPU for the splits).
+GRAM_SIDE = 16
 # Power steps on a small Gram matrix before `_top_eigenvalue` hands it to LAPACK.
 TOP_EIGEN_STEPS = 24
 # Reassociation and contraction only (no ``nnan``/``ninf``: the NaN checks must stay),
@@ -167,8 +170,8 @@ def _gram_top_eigenvalue(M, rows, cols, G, work_x, work_y):
     is the smaller side, else ``Mᴴ M``; ``G`` is its ``k × k`` workspace, ``work_x`` and
     ``work_y`` those of `_top_eigenvalue`): ``σ₁²``.
 
-    Forming ``G`` costs ``(k + 1)/2`` multiply-adds per entry, less than the power
-    iteration's two per step for ``k <= GRAM_SIDE``."""
+    Forming ``G`` costs ``(k + 1)/2`` multiply-adds per entry (used for blocks solved
+    alone, e.g. the cancellation fallback; the tiles form theirs from planes)."""
     by_rows = rows <= cols
     k = rows if by_rows else cols
     for p in range(k):
@@ -354,17 +357,76 @@ def _gram_planes(real, imag, k, length, imaginary, G):
 
 
 @_kernel(fastmath=FASTMATH)
+def _derived_gram(grams, offset, b1_source, c2_source, tile_rows, width, b1, c2, t, kk, G):
+    """Gram matrix ``G`` (``k × k``) of block ``(t, kk)`` of a split summed from the
+    stored Gram matrices of a neighbouring split's blocks in the same tile (layout of
+    `_tile_split_errors`: from ``offset``, block ``(t, kk)``'s ``k_s × k_s`` matrix
+    at ``offset + (t·groups_s + kk)·k_s²``); returns its trace, ``‖M‖²``.
+
+    Row side (``b1 < b1_source``, rows Gram, the next split): the block's rows are the
+    rows ``j1·p + π`` of source block ``t mod spread_s`` (``π = t // spread_s``,
+    ``p = b1_s/b1``) and its columns those of source blocks ``kk·q .. kk·q + q − 1``
+    (``q = C2/C2_s``), so ``G`` sums the ``q`` sub-matrices of rows and columns
+    ``a·p + π``.  Column side (the previous split, columns Gram): the block's columns
+    are columns ``o .. o + C2 − 1`` (``o = (kk mod q)·C2``) of source block ``kk // q``
+    and its rows those of source blocks ``π·spread + t`` for ``π < p``, so ``G`` sums
+    the ``p`` diagonal sub-matrices at ``o``."""
+    k = G.shape[0]
+    for a in range(k):
+        for b in range(k):
+            G[a, b] = 0.0
+    if b1 < b1_source:
+        k_source = b1_source
+        p = b1_source // b1
+        q = c2 // c2_source
+        spread_source = tile_rows // b1_source
+        groups_source = width // c2_source
+        t_source = t % spread_source
+        pi = t // spread_source
+        for kq in range(q):
+            base = offset + (t_source * groups_source + kk * q + kq) * k_source * k_source
+            for a in range(k):
+                row = base + (a * p + pi) * k_source + pi
+                for b in range(k):
+                    G[a, b] += grams[row + b * p]
+    else:
+        k_source = c2_source
+        p = b1 // b1_source
+        q = c2_source // c2
+        spread = tile_rows // b1
+        groups_source = width // c2_source
+        o = (kk % q) * c2
+        for pi in range(p):
+            base = offset + ((pi * spread + t) * groups_source + kk // q) * k_source * k_source
+            for a in range(k):
+                row = base + (o + a) * k_source + o
+                for b in range(k):
+                    G[a, b] += grams[row + b]
+    trace = 0.0
+    for a in range(k):
+        trace += G[a, a].real
+    return trace
+
+
+@_kernel(fastmath=FASTMATH)
 def _tile_split_errors(tile, r, first_column, m, stride, block_rows, block_columns, start_sides,
-                       start_offsets, starts, tol, imaginary, row_norm2, u, v, w, norm2_sums,
-                       residual2_sums, exponent_sums, bad):
+                       start_offsets, starts, tol, imaginary, gram_plan, grams, row_norm2, u, v,
+                       w, norm2_sums, residual2_sums, exponent_sums, bad):
     """The blocks of every split of `_split_errors_tiled_py` in one tile (rows
     ``i*stride + r``, columns from ``first_column``), solved and added to the
     per-split sums (a function of its own: in the ``prange`` body of the parallel
-    build, Numba's parfor passes would rewrite its array allocations)."""
+    build, Numba's parfor passes would rewrite its array allocations).  Splits are
+    taken in the order ``gram_plan[:, 2]``; the Gram matrices of a split with
+    ``gram_plan[s, 1] >= 0`` are stored in ``grams`` from there, and a split with
+    ``gram_plan[s, 0] >= 0`` sums its own from those of that split (`_derived_gram`)
+    instead of reading its blocks."""
     tile_rows, width = tile.shape
     n_splits = block_rows.shape[0]
     complex_values = imaginary != 0.0
-    for s in range(n_splits):
+    for index in range(n_splits):
+        s = gram_plan[index, 2]
+        from_split = gram_plan[s, 0]
+        store = gram_plan[s, 1]
         b1 = block_rows[s]
         c2 = block_columns[s]
         b2 = m // b1
@@ -384,7 +446,11 @@ def _tile_split_errors(tile, r, first_column, m, stride, block_rows, block_colum
             j2 = r + t * stride
             for kk in range(groups):
                 k1 = first_column // c2 + kk
-                if gram:
+                if gram and from_split >= 0:
+                    norm2 = _derived_gram(grams, gram_plan[from_split, 1],
+                                          block_rows[from_split], block_columns[from_split],
+                                          tile_rows, width, b1, c2, t, kk, G)
+                elif gram:
                     # The block's vectors along its long side, in double precision and
                     # split into real and imaginary planes (plain floats vectorise,
                     # complex pairs do not): rows when it is short and wide, columns
@@ -406,6 +472,12 @@ def _tile_split_errors(tile, r, first_column, m, stride, block_rows, block_colum
                                 if complex_values:
                                     imag[p, j1] = value.imag
                     norm2 = _gram_planes(real, imag, side_length, long_side, imaginary, G)
+                if gram:
+                    if store >= 0:
+                        base = store + (t * groups + kk) * side_length * side_length
+                        for a in range(side_length):
+                            for b in range(side_length):
+                                grams[base + a * side_length + b] = G[a, b]
                     # in range (so also finite and nonzero) and no cancellation: done;
                     # else solved from the gathered block below
                     if SAFE_SUM_LOW <= norm2 <= SAFE_SUM_HIGH:
@@ -445,8 +517,8 @@ def _tile_split_errors(tile, r, first_column, m, stride, block_rows, block_colum
 
 
 def _split_errors_tiled_py(matrix, columns, contiguous, block_rows, block_columns, start_sides,
-                           start_offsets, starts, width, tol, work, unit, n_chunks,
-                           chunk_norm2, chunk_residual2, chunk_exponent, chunk_bad):
+                           start_offsets, starts, width, tol, work, unit, gram_plan, gram_size,
+                           n_chunks, chunk_norm2, chunk_residual2, chunk_exponent, chunk_bad):
     """Best rank-one error of every block of several consecutive rank-one root splits,
     in one pass over the matrix; no factor is written.
 
@@ -478,6 +550,18 @@ def _split_errors_tiled_py(matrix, columns, contiguous, block_rows, block_column
     unit : (1,) array of ``work``'s dtype
         ``1j`` for a complex ``matrix``, else ``0`` (its imaginary planes are then
         skipped): the imaginary unit in a type that also compiles for real data.
+    gram_plan : (S, 3) int64 array
+        Per split ``s``: ``gram_plan[s, 0]``, the neighbouring split whose blocks'
+        Gram matrices sum to those of ``s`` (``-1``: formed from ``s``'s own blocks);
+        ``gram_plan[s, 1]``, where the Gram matrices of ``s``'s blocks in a tile are
+        kept for such a split (``-1``: not kept); ``gram_plan[:, 2]``, the order in
+        which the splits are solved (every kept split before the splits summed from
+        it).  See `_derived_gram`: the blocks of neighbouring splits nest, so the
+        small Gram matrices of a run of splits with ``b1 <= GRAM_SIDE`` (rows) or
+        ``C2 <= GRAM_SIDE`` (columns) come from those of the split with the largest
+        side, without reading the blocks again.
+    gram_size : int
+        Entries of the kept Gram matrices of one tile (at least 1).
     n_chunks : int
         Contiguous chunks of tiles (one parallel task each).
     chunk_norm2, chunk_residual2, chunk_exponent, chunk_bad : (n_chunks, S) arrays
@@ -526,6 +610,7 @@ def _split_errors_tiled_py(matrix, columns, contiguous, block_rows, block_column
         residual2_sums = np.zeros(n_splits)
         exponent_sums = np.zeros(n_splits, dtype=np.int64)
         bad = np.zeros(n_splits, dtype=np.int64)
+        grams = np.empty(gram_size, dtype=work.dtype)
         for tile_index in range(chunk * n_tiles // n_chunks, (chunk + 1) * n_tiles // n_chunks):
             # neighbouring tiles share their rows: consecutive column ranges
             r = tile_index // n_column_tiles
@@ -539,8 +624,9 @@ def _split_errors_tiled_py(matrix, columns, contiguous, block_rows, block_column
                     for k in range(width):
                         tile[i, k] = matrix[row, columns[first_column + k]]
             _tile_split_errors(tile, r, first_column, m, stride, block_rows, block_columns,
-                               start_sides, start_offsets, starts, tol, imaginary, row_norm2, u,
-                               v, w, norm2_sums, residual2_sums, exponent_sums, bad)
+                               start_sides, start_offsets, starts, tol, imaginary, gram_plan,
+                               grams, row_norm2, u, v, w, norm2_sums, residual2_sums,
+                               exponent_sums, bad)
         for s in range(n_splits):
             chunk_norm2[chunk, s] = norm2_sums[s]
             chunk_residual2[chunk, s] = residual2_sums[s]

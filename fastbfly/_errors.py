@@ -104,12 +104,42 @@ def _tile_groups(chain: Chain, itemsize: int) -> list:
     """The splits ``1..L-1`` in runs of consecutive rank-one splits whose blocks fit
     in one tile of at most ``TILE_BYTES`` (`_error_kernels._split_errors_tiled_py`:
     ``b1`` of the last split times ``C2`` of the first); a split of rank > 1 is a run
-    of its own.  Greedy from split 1, then the same number of runs rebalanced so that
-    their lengths differ by at most one where the tiles still fit (smaller tiles)."""
+    of its own.  Each segment of consecutive rank-one splits is cut into as few runs
+    as a greedy cut gives; among the cuts into that many runs that fit, the one that
+    leaves the fewest splits forming small Gram matrices from their own blocks
+    (`_gram_plan`: a run of such splits reads only the blocks of its largest side)
+    and then has the shortest longest run (smaller tiles) is taken."""
     geometry = {l: split_geometry(chain, l) for l in range(1, len(chain))}
 
     def fits(first, last):
         return geometry[last][0] * geometry[first][3] * itemsize <= TILE_BYTES
+
+    def sources(run):  # splits of the run that form small Gram matrices from their blocks
+        rows = np.array([geometry[l][0] for l in run], dtype=np.int64)
+        columns = np.array([geometry[l][3] for l in run], dtype=np.int64)
+        plan = _gram_plan(rows, columns, 1, 1, sizes=False)
+        return sum(1 for s in range(len(run))
+                   if plan[s, 0] < 0 and min(rows[s], columns[s]) <= _error_kernels.GRAM_SIDE)
+
+    def best_cut(segment, count, longest):
+        """Fewest sources over the cuts into ``count`` fitting runs of at most
+        ``longest`` splits: ``(sources, cut)``, or ``None`` (dynamic programming)."""
+        size = len(segment)
+        best = {(0, 0): (0, [])}  # (splits used, runs) -> (sources, cut)
+        for used in range(size):
+            for runs_so_far in range(count):
+                if (used, runs_so_far) not in best:
+                    continue
+                total, cut = best[used, runs_so_far]
+                for end in range(used + 1, min(size, used + longest) + 1):
+                    run = segment[used:end]
+                    if len(run) > 1 and not fits(run[0], run[-1]):  # a split alone may not
+                        break
+                    key = (end, runs_so_far + 1)
+                    candidate = (total + sources(run), cut + [run])
+                    if key not in best or candidate[0] < best[key][0]:
+                        best[key] = candidate
+        return best.get((size, count))
 
     runs = []
     segment = []  # consecutive rank-one splits
@@ -117,16 +147,18 @@ def _tile_groups(chain: Chain, itemsize: int) -> list:
         if l is not None and geometry[l][2] == 1:
             segment.append(l)
             continue
-        greedy = []
-        for split in segment:
-            if greedy and fits(greedy[-1][0], split):
-                greedy[-1].append(split)
-            else:
-                greedy.append([split])
-        count = len(greedy)
-        even = [segment[i * len(segment) // count:(i + 1) * len(segment) // count]
-                for i in range(count)]
-        runs += even if all(fits(run[0], run[-1]) for run in even) else greedy
+        count = 0
+        last = None
+        for split in segment:  # greedy: how many runs are needed
+            if last is None or not fits(last, split):
+                count, last = count + 1, split
+        if count:
+            fewest = best_cut(segment, count, len(segment))[0]
+            for longest in range(-(-len(segment) // count), len(segment) + 1):
+                found = best_cut(segment, count, longest)
+                if found is not None and found[0] == fewest:
+                    runs += found[1]
+                    break
         segment = []
         if l is not None:
             runs.append([l])
@@ -163,6 +195,7 @@ def _tiled_errors(matrix: np.ndarray, chain: Chain, group: list, columns: np.nda
                 pieces.append(starts.ravel())
                 used += starts.size
     starts = np.concatenate(pieces) if pieces else np.zeros(1, dtype=work.dtype)
+    gram_plan, gram_size = _gram_plan(block_rows, block_columns, tile_rows, width)
     n_tiles = (m // tile_rows) * (n // width)
     parallel, n_chunks = _chunks(matrix.size, n_tiles)
     kernel = (_error_kernels.split_errors_tiled_parallel if parallel
@@ -172,11 +205,48 @@ def _tiled_errors(matrix: np.ndarray, chain: Chain, group: list, columns: np.nda
     exponent, bad = np.zeros(shape, dtype=np.int64), np.zeros(shape, dtype=np.int64)
     kernel(matrix, columns, contiguous, block_rows, block_columns, sides, offsets, starts,
            width, tol, work, np.full(1, 1j if work.dtype.kind == "c" else 0, dtype=work.dtype),
-           n_chunks, norm2, residual2, exponent, bad)
+           gram_plan, gram_size, n_chunks, norm2, residual2, exponent, bad)
     if bad.sum():
         where = tuple(int(i) for i in np.argwhere(~np.isfinite(matrix))[0])
         raise ValueError(f"matrix contains NaN or Inf (first at index {where})")
     return np.array([_sum_scaled(residual2[:, s], exponent[:, s]) for s in range(len(group))])
+
+
+def _gram_plan(block_rows: np.ndarray, block_columns: np.ndarray, tile_rows: int,
+               width: int, sizes: bool = True):
+    """``(gram_plan, gram_size)`` for `_error_kernels.split_errors_tiled_serial`:
+    which splits of a group sum their blocks' Gram matrices from a neighbour's.
+
+    A split whose blocks have ``b1 <= GRAM_SIDE`` rows (and no more rows than
+    columns) takes the Gram matrices of its rows from the next split, if that one
+    is of the same kind; one with ``C2 <= GRAM_SIDE`` columns (fewer than its rows)
+    takes those of its columns from the previous split.  So only the split with
+    the largest such side reads its blocks for them (at 4096 × 4096: the 16-row and
+    16-column splits, instead of eight).  ``sizes=False``: the plan alone, without
+    the order and the buffer's layout."""
+    count = len(block_rows)
+    by_rows = [b1 <= min(c2, _error_kernels.GRAM_SIDE) for b1, c2 in zip(block_rows, block_columns)]
+    by_columns = [c2 < b1 and c2 <= _error_kernels.GRAM_SIDE
+                  for b1, c2 in zip(block_rows, block_columns)]
+    plan = np.full((count, 3), -1, dtype=np.int64)
+    for s in range(count):
+        if by_rows[s] and s + 1 < count and by_rows[s + 1]:
+            plan[s, 0] = s + 1
+        elif by_columns[s] and s > 0 and by_columns[s - 1]:
+            plan[s, 0] = s - 1
+    if not sizes:
+        return plan
+    size = 0
+    for s in sorted(set(plan[:, 0]) - {-1}):
+        plan[s, 1] = size
+        side = min(block_rows[s], block_columns[s])
+        size += (tile_rows // block_rows[s]) * (width // block_columns[s]) * side * side
+    # the splits read from their blocks first, then those summed, each after its source
+    own = [s for s in range(count) if plan[s, 0] < 0]
+    rows = [s for s in reversed(range(count)) if plan[s, 0] == s + 1]
+    columns = [s for s in range(count) if plan[s, 0] == s - 1 and plan[s, 0] >= 0]
+    plan[:, 2] = own + rows + columns
+    return plan, max(size, 1)
 
 
 def gather(matrix: np.ndarray, rows=None, columns=None) -> np.ndarray:

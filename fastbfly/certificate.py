@@ -424,8 +424,11 @@ def certify(matrix, B: Butterfly) -> Certificate:
 
     **Accuracy.**  ``E_l`` are computed in double precision whatever the input's
     precision (:func:`fastbfly._errors.split_errors`).  Blocks with a side of at most
-    8 get ``σ₁²`` from that side's Gram matrix (closed form or a small ``eigvalsh``):
-    exact to rounding.  Larger blocks use power iteration, started from ``B``'s own
+    16 get ``σ₁²`` from that side's Gram matrix: closed form for 2, else power
+    iteration on the Gram matrix, stopped when the Kato–Temple inequality proves
+    ``σ₁²`` within ``1e-9`` of the block's error, or ``eigvalsh`` when that proof
+    does not come within 24 steps (exact to rounding).  Larger blocks use power
+    iteration, started from ``B``'s own
     block (exactly rank one on a rank-one split: its top singular vector comes from
     ``B``'s fused factors, and is close to the block's when ``B`` fits well; from the
     block's largest row otherwise), and stopped, testing after every half-step, when
@@ -442,28 +445,26 @@ def certify(matrix, B: Butterfly) -> Certificate:
     product formed in double precision from two fused factors (``X_1⋯X_h`` and
     ``X_{h+1}⋯X_L``, multiplied in ``B``'s precision).
 
-    **Cost.**  The blocks of different splits neither nest nor share singular vectors,
-    so each ``E_l`` is an exact two-factor problem of its own; but they share memory
-    traffic.  A tile of the matrix (rows ``i·m/R + r`` for ``i < R``, consecutive
-    columns) holds whole blocks of several consecutive rank-one splits at once (``R``
-    rows per block of the last, the columns of a block of the first): tiles of at
-    most 1 MiB are copied once into cache and the blocks of all those splits solved
-    from there, so the ``L − 1`` splits cost one pass over the matrix per group (2
-    passes for the 9 splits of N = 1024, 3 for the 11 of N = 4096 and for the 12 of
-    N = 8192, complex128; a split of rank > 1 is a pass of its own, an SVD per
-    block).  Plus one pass for ``actual_error``, and one gather when ``B`` has
-    permutations.  The only factor values built for the ``E_l`` are the start vectors
-    (``B`` fused on the cheaper side of each split, at most ``~N^1.5`` values).  A
-    balanced factorization costs about two passes (its root split and the much
-    smaller nodes below).  Measured in one process on the 2-core machine while other
-    jobs ran (load average 3 to 8: only ratios mean anything), noisy DFT, ``σ = 0.1``,
-    bit reversal, one pass per split (before) against the groups: the split errors
-    alone, 0.101 → 0.044 s at N = 1024, 0.99 → 0.73 s at N = 4096, 8.2 → 3.9 s at
-    N = 8192 (identical ``E_l`` to ``4e-15``); certify ÷ the default factorization,
-    5.1 → 2.7 at N = 1024, 6.7 → 4.5 at N = 4096, 11.1 → 4.5 at N = 8192 (medians
-    of 5 runs, 3 at N = 8192).  At N = 4096 the permuting gather then costs about as
-    much CPU time as all the splits.  Idle-machine numbers: ``docs/certificate.md``
-    (``python benchmarks/certificate_bounds.py --cost-only``).
+    **Cost.**  Each ``E_l`` is an exact two-factor problem of its own, but the
+    splits share memory traffic and, at the ends of the chain, arithmetic.  A tile
+    of the matrix (rows ``i·m/R + r`` for ``i < R``, consecutive columns) holds whole
+    blocks of several consecutive rank-one splits at once (``R`` rows per block of
+    the last, the columns of a block of the first): tiles of at most 1 MiB are copied
+    once into cache and the blocks of all those splits solved from there, so the
+    ``L − 1`` splits cost one pass over the matrix per group (2 passes for the 9
+    splits of N = 1024, 3 for the 11 of N = 4096 and for the 12 of N = 8192,
+    complex128; a split of rank > 1 is a pass of its own, an SVD per block).  The
+    blocks of neighbouring splits nest (a block of split ``l + 1`` is the union of
+    blocks of split ``l`` cut to fewer columns), so the Gram matrices of the splits
+    with 2 to 8 rows are sums of those of the 16-row split, and the same for columns:
+    at N = 4096 only splits 4 and 8 form Gram matrices from the data, and only 5, 6
+    and 7 run power iteration.  Plus one pass for ``actual_error``, and one gather
+    when ``B`` has permutations.  The only factor values built for the ``E_l`` are
+    the start vectors (``B`` fused on the cheaper side of each split, at most
+    ``~N^1.5`` values).  A balanced factorization costs about two passes (its root
+    split and the much smaller nodes below); certify costs about three
+    factorizations at N = 1024 and 4096 (``docs/certificate.md``, from
+    ``python benchmarks/certificate_bounds.py --cost-only``).
     Memory: one copy of the matrix when ``B`` has a row or column permutation or zero
     padding, none otherwise.
 

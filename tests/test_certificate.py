@@ -351,8 +351,9 @@ def heavy_tailed_product(rng, chain):
 
 @pytest.mark.parametrize("kind", ["noisy product", "heavy-tailed", "gaussian"])
 def test_every_block_solver_matches_the_svd_reference(rng, kind):
-    # N = 256: splits with 2-row blocks (Gram, closed form), 4 and 8 rows (Gram,
-    # eigvalsh), 16..32 (power iteration), and 128 x 2, 64 x 4 (streamed narrow blocks).
+    # N = 256: splits with 2-row blocks (Gram, closed form), 4 to 16 rows (Gram, power
+    # iteration on it or eigvalsh; those of 2 to 8 rows summed from the 16-row split's
+    # Gram matrices), 32 (power iteration), and 128 x 2 .. 16 x 16 (columns Gram).
     chain = fastbfly.Chain.square_dyadic(256)
     if kind == "noisy product":
         Z = noisy(rng, product(rng, chain), 0.2)
@@ -415,8 +416,51 @@ def test_tile_groups_cover_the_splits_and_fit_the_tile(n, itemsize):
             if len(group) > 1:  # rank one, blocks of the last rows x first columns fit
                 assert all(g[2] == 1 for g in geometry)
                 assert geometry[-1][0] * geometry[0][3] * itemsize <= _errors.TILE_BYTES
-    if n == 4096 and itemsize == 16:  # L = 12: three passes instead of eleven
-        assert len(_errors._tile_groups(fastbfly.Chain.square_dyadic(n), itemsize)) == 3
+    if n == 4096 and itemsize == 16:  # L = 12: three passes instead of eleven,
+        # and the 16-row and 16-column splits in the runs of the splits with fewer
+        assert _errors._tile_groups(fastbfly.Chain.square_dyadic(n), itemsize) == [
+            [1, 2, 3, 4], [5, 6, 7], [8, 9, 10, 11]]
+
+
+@pytest.mark.parametrize(
+    "chain",
+    [
+        fastbfly.Chain.square_dyadic(256),
+        fastbfly.Chain.auto(32, 512, 6),
+        fastbfly.Chain.auto(512, 32, 6),
+        fastbfly.Chain.from_radices([2, 3, 2, 2], [3, 2, 2, 2]),
+        fastbfly.Chain.auto(1024, 1024, 10),
+    ],
+    ids=lambda chain: "x".join(map(str, chain.shape)) + f"-L{len(chain)}",
+)
+@pytest.mark.parametrize("dtype", [np.float64, np.complex64])
+def test_gram_matrices_summed_from_a_neighbour_match_those_of_the_blocks(rng, monkeypatch,
+                                                                         chain, dtype):
+    # the small Gram matrices of a run of splits come from its largest-side split's
+    # (`_gram_plan`); forming every one from its own blocks gives the same errors
+    from fastbfly import _errors
+
+    Z = noisy(rng, product(rng, chain, np.dtype(dtype)), 0.1).astype(dtype)
+    perm = rng.permutation(chain.shape[1])
+    groups = _errors._tile_groups(chain, np.dtype(dtype).itemsize)
+    summed = 0
+    for group in groups:
+        geometry = [_errors.split_geometry(chain, l) for l in group]
+        plan = _errors._gram_plan(np.array([g[0] for g in geometry]),
+                                  np.array([g[3] for g in geometry]), 1, 1, sizes=False)
+        summed += int((plan[:, 0] >= 0).sum())
+    assert summed >= 1  # the test covers the summed path
+    derived = split_errors(Z, chain, perm)
+    plan = _errors._gram_plan
+
+    def own_blocks_only(*args, **kwargs):
+        result = plan(*args, **kwargs)
+        table = result[0] if isinstance(result, tuple) else result
+        table[:, :2] = -1
+        return result
+
+    monkeypatch.setattr(_errors, "_gram_plan", own_blocks_only)
+    np.testing.assert_allclose(derived, split_errors(Z, chain, perm), rtol=1e-12)
 
 
 def test_threaded_and_serial_split_errors_agree(rng):
@@ -500,7 +544,8 @@ def per_block_errors(Z, chain, split_at, values):
     _error_kernels.split_errors_tiled_serial(
         np.ascontiguousarray(Z), np.arange(n, dtype=np.int64), True, np.array([b1]),
         np.array([c2]), np.array([side]), np.zeros(1, dtype=np.int64), starts.ravel(), c2,
-        8 * np.finfo(np.float64).eps, work, unit, n_blocks, norm2, residual2, exponent, bad)
+        8 * np.finfo(np.float64).eps, work, unit, np.array([[-1, -1, 0]]), 1, n_blocks, norm2,
+        residual2, exponent, bad)
     assert not bad.any()
     computed = np.ldexp(residual2[:, 0], 2 * exponent[:, 0]).reshape(b2, c1)
     blocks = Z.astype(work.dtype).reshape(b1, b2, c1, c2).transpose(1, 2, 0, 3)
