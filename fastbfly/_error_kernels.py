@@ -357,13 +357,14 @@ def _gram_planes(real, imag, k, length, imaginary, G):
 
 
 @_kernel(fastmath=FASTMATH)
-def _derived_gram(grams, offset, b1_source, c2_source, tile_rows, width, b1, c2, t, kk, G):
+def _derived_gram(grams, offset, by_rows, b1_source, c2_source, tile_rows, width, b1, c2, t, kk,
+                  G):
     """Gram matrix ``G`` (``k × k``) of block ``(t, kk)`` of a split summed from the
     stored Gram matrices of a neighbouring split's blocks in the same tile (layout of
     `_tile_split_errors`: from ``offset``, block ``(t, kk)``'s ``k_s × k_s`` matrix
     at ``offset + (t·groups_s + kk)·k_s²``); returns its trace, ``‖M‖²``.
 
-    Row side (``b1 < b1_source``, rows Gram, the next split): the block's rows are the
+    Row side (``by_rows``, rows Gram, the next split): the block's rows are the
     rows ``j1·p + π`` of source block ``t mod spread_s`` (``π = t // spread_s``,
     ``p = b1_s/b1``) and its columns those of source blocks ``kk·q .. kk·q + q − 1``
     (``q = C2/C2_s``), so ``G`` sums the ``q`` sub-matrices of rows and columns
@@ -375,7 +376,7 @@ def _derived_gram(grams, offset, b1_source, c2_source, tile_rows, width, b1, c2,
     for a in range(k):
         for b in range(k):
             G[a, b] = 0.0
-    if b1 < b1_source:
+    if by_rows:
         k_source = b1_source
         p = b1_source // b1
         q = c2 // c2_source
@@ -447,7 +448,7 @@ def _tile_split_errors(tile, r, first_column, m, stride, block_rows, block_colum
             for kk in range(groups):
                 k1 = first_column // c2 + kk
                 if gram and from_split >= 0:
-                    norm2 = _derived_gram(grams, gram_plan[from_split, 1],
+                    norm2 = _derived_gram(grams, gram_plan[from_split, 1], from_split == s + 1,
                                           block_rows[from_split], block_columns[from_split],
                                           tile_rows, width, b1, c2, t, kk, G)
                 elif gram:

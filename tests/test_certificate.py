@@ -2,6 +2,8 @@
 
 import dataclasses
 
+import hypothesis
+import hypothesis.strategies
 import numpy as np
 import pytest
 import scipy.sparse
@@ -9,6 +11,7 @@ import scipy.sparse
 import fastbfly
 from fastbfly.certificate import Certificate, certify
 from fastbfly._errors import split_errors
+from fastbfly.strategies import chains
 
 from conftest import NAMED_TREES, make_tree, noisy, random_array, random_factors, relative_error
 
@@ -420,6 +423,31 @@ def test_tile_groups_cover_the_splits_and_fit_the_tile(n, itemsize):
         # and the 16-row and 16-column splits in the runs of the splits with fewer
         assert _errors._tile_groups(fastbfly.Chain.square_dyadic(n), itemsize) == [
             [1, 2, 3, 4], [5, 6, 7], [8, 9, 10, 11]]
+
+
+@hypothesis.settings(max_examples=40, deadline=None,
+                     suppress_health_check=[hypothesis.HealthCheck.function_scoped_fixture])
+@hypothesis.given(chain=chains(max_size=96, max_factors=5, max_rank=1),
+                  seed=hypothesis.strategies.integers(0, 2**32 - 1))
+def test_gram_matrices_summed_on_any_chain(monkeypatch, chain, seed):
+    # any chainable rank-one chain (factors with b = 1 or c = 1, primes 3 and 5):
+    # the summed Gram matrices give the errors of the Gram matrices of the blocks
+    from fastbfly import _errors
+
+    if len(chain) < 2 or chain.fused(0, len(chain)).a != 1 or chain.fused(0, len(chain)).d != 1:
+        return
+    rng = np.random.default_rng(seed)
+    Z = noisy(rng, product(rng, chain), 0.1)
+    derived = split_errors(Z, chain)
+    plan = _errors._gram_plan
+
+    def own_blocks_only(*args, **kwargs):
+        result = plan(*args, **kwargs)
+        (result[0] if isinstance(result, tuple) else result)[:, :2] = -1
+        return result
+
+    monkeypatch.setattr(_errors, "_gram_plan", own_blocks_only)
+    np.testing.assert_allclose(derived, split_errors(Z, chain), rtol=1e-12, atol=1e-13)
 
 
 @pytest.mark.parametrize(
