@@ -27,7 +27,6 @@ import numpy as np
 from numba import prange
 
 from ._kernels import (
-    CANCELLATION,
     EMPTY,
     MAX_POWER_STEPS,
     NOT_FINITE,
@@ -56,6 +55,17 @@ SAFE_SUM_HIGH = 2.0 ** 800
 # Gram matrices of the 8-, 4- and 2-row splits by sums (`_derived_gram`), which would
 # cost 4.5 + 2.5 + 1.5 more (measured at N = 4096: 383 -> 316 ms of CPU for the splits).
 GRAM_SIDE = 16
+# A block's error ``‖M‖² − σ₁²`` below this fraction of ``‖M‖²`` is recomputed from its
+# top singular pair: the subtraction, with ``‖M‖²`` and ``σ₁²`` each rounded to about
+# ``1e-14`` of ``‖M‖²`` (sums of up to thousands of products), keeps the error to about
+# ``1e-9`` above it, the accuracy the power iteration is stopped at (`RESIDUAL_TOL`).
+# Looser than the factorization's ``_kernels.CANCELLATION`` (1e-4, where the factors
+# must be exact to rounding): with 1e-4, the blocks of a DFT with 1 % noise (errors
+# near 1e-4 of their norm) took the slow path, and certify cost 6.7 times as much
+# as at 10 % noise (N = 1024, split errors: 108 against 16 ms of CPU time).
+# `tests/test_certificate.py` checks the errors against LAPACK from 10 % noise down
+# to 1e-7.
+CANCELLATION = 1e-5
 # Power steps on a small Gram matrix before `_top_eigenvalue` hands it to LAPACK.
 TOP_EIGEN_STEPS = 24
 # Reassociation and contraction only (no ``nnan``/``ninf``: the NaN checks must stay),
@@ -447,6 +457,7 @@ def _tile_split_errors(tile, r, first_column, m, stride, block_rows, block_colum
             j2 = r + t * stride
             for kk in range(groups):
                 k1 = first_column // c2 + kk
+                cancelled = False
                 if gram and from_split >= 0:
                     norm2 = _derived_gram(grams, gram_plan[from_split, 1], from_split == s + 1,
                                           block_rows[from_split], block_columns[from_split],
@@ -488,6 +499,7 @@ def _tile_split_errors(tile, r, first_column, m, stride, block_rows, block_colum
                                 norm2_sums[s], residual2_sums[s], int(exponent_sums[s]), norm2,
                                 residual2, 0)
                             continue
+                        cancelled = True
                 norm2 = 0.0
                 for j1 in range(b1):
                     source = tile[j1 * spread + t]
@@ -506,12 +518,20 @@ def _tile_split_errors(tile, r, first_column, m, stride, block_rows, block_colum
                     if exponent == NOT_FINITE or exponent == EMPTY:
                         bad[s] += exponent == NOT_FINITE  # reported by the caller
                         continue
-                warm = 0
-                if min(b1, c2) > GRAM_SIDE:
-                    warm = _load_flat_start(starts, start_offsets[s] + (k1 * b2 + j2) * length,
-                                            length, side, u, v)
-                residual2 = _block_residual2(M, b1, c2, row_norm2, norm2, u, v, w, G, tol,
-                                             warm)
+                if cancelled and exponent == 0:
+                    # the Gram matrix showed a near-exact block: straight to the error
+                    # from its top singular pair (`_block_residual2` would form it again)
+                    _top_left_vector(M, b1, c2, row_norm2, norm2, u, v, w, tol)
+                    _adjoint_times(M, b1, c2, u, w)
+                    residual2 = _residual2(M, b1, c2, u, w)
+                else:
+                    warm = 0
+                    if min(b1, c2) > GRAM_SIDE:
+                        warm = _load_flat_start(starts,
+                                                start_offsets[s] + (k1 * b2 + j2) * length,
+                                                length, side, u, v)
+                    residual2 = _block_residual2(M, b1, c2, row_norm2, norm2, u, v, w, G, tol,
+                                                 warm)
                 norm2_sums[s], residual2_sums[s], exponent_sums[s] = _accumulate(
                     norm2_sums[s], residual2_sums[s], int(exponent_sums[s]), norm2, residual2,
                     exponent)

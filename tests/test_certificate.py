@@ -654,3 +654,15 @@ def test_gather_matches_numpy(rng):
     np.testing.assert_array_equal(gather(Z, rows, columns), Z[np.ix_(rows, columns)])
     np.testing.assert_array_equal(gather(Z, None, columns), Z[:, columns])
     np.testing.assert_array_equal(gather(Z, rows, None), Z[rows])
+
+
+@pytest.mark.parametrize("n", [64, 256])
+@pytest.mark.parametrize("level", [1e-1, 1e-2, 3e-3, 1e-3, 1e-5, 1e-7])
+def test_split_errors_of_a_noisy_dft_match_lapack_at_every_noise_level(rng, n, level):
+    # block errors on either side of the cancellation threshold (``‖M‖² − σ₁²`` below
+    # 1e-5 of ``‖M‖²`` is recomputed from the singular pair): the same accuracy
+    chain = fastbfly.Chain.square_dyadic(n)
+    perm = fastbfly.factorize(np.fft.fft(np.eye(n)), perm="bitrev").perm
+    Z = noisy(rng, np.fft.fft(np.eye(n)), level)
+    exact = [svd_split_error(Z, chain, perm, l) for l in range(1, len(chain))]
+    np.testing.assert_allclose(split_errors(Z, chain, perm), exact, rtol=1e-9)
