@@ -66,6 +66,7 @@ GRAM_SIDE = 16
 # `tests/test_certificate.py` checks the errors against LAPACK from 10 % noise down
 # to 1e-7.
 CANCELLATION = 1e-5
+EPS = float(np.finfo(np.float64).eps)
 # Power steps on a small Gram matrix before `_top_eigenvalue` hands it to LAPACK.
 TOP_EIGEN_STEPS = 24
 # Reassociation and contraction only (no ``nnan``/``ninf``: the NaN checks must stay),
@@ -172,6 +173,72 @@ def _top_eigenvalue(G, k, x, y):
         for a in range(k):
             x[a] = y[a] * inv
     return np.linalg.eigvalsh(G)[k - 1]
+
+
+@_kernel()
+def _top_eigenvector(G, k, x, y):
+    """Unit top eigenvector ``x`` of a ``k × k`` Hermitian positive semidefinite ``G``
+    whose top eigenvalue holds nearly all of its trace (``y``: workspace), by power
+    iteration from the column of the largest diagonal entry until ``‖G x − ρ x‖ <=
+    16 ε ρ`` (the vector then lies within ``~16 ε`` of the eigenvector, the gap being
+    about ``ρ``).  Returns False if that does not happen in ``TOP_EIGEN_STEPS`` steps."""
+    first = 0
+    for a in range(k):
+        if G[a, a].real > G[first, first].real:
+            first = a
+    for a in range(k):
+        x[a] = G[a, first]
+    for _ in range(TOP_EIGEN_STEPS):
+        norm2 = 0.0
+        for a in range(k):
+            norm2 += _abs2(x[a])
+        if not 0.0 < norm2 < np.inf:
+            return False
+        inv = 1.0 / math.sqrt(norm2)
+        for a in range(k):
+            x[a] *= inv
+        rho = 0.0
+        for a in range(k):
+            acc = G[a, 0] * x[0]
+            for b in range(1, k):
+                acc += G[a, b] * x[b]
+            y[a] = acc
+            rho += (np.conj(x[a]) * acc).real
+        residual2 = 0.0
+        for a in range(k):
+            residual2 += _abs2(y[a] - rho * x[a])
+        if residual2 <= (16.0 * EPS * rho) ** 2:
+            return True
+        for a in range(k):
+            x[a] = y[a]
+    return False
+
+
+@_kernel()
+def _near_exact_residual2(M, rows, cols, G, k, u, v, w):
+    """``‖M − u uᴴ M‖²`` of a block whose Gram matrix ``G`` (``k × k``, of its rows when
+    ``rows <= cols``, ``conj(M Mᴴ)``, else of its columns, ``Mᴴ M``) showed an error
+    below ``CANCELLATION`` of its norm, with ``u`` its top left singular vector taken
+    from ``G``'s top eigenvector (``conj`` of it, or ``M v/‖M v‖`` from the right one
+    ``v``), computed directly (two or three reads of the block instead of the power
+    iteration's).  Returns -1.0 when that eigenvector does not converge (the caller
+    then solves the block from scratch)."""
+    if rows <= cols:
+        if not _top_eigenvector(G, k, u, w):
+            return -1.0
+        for j in range(rows):
+            u[j] = np.conj(u[j])
+    else:
+        if not _top_eigenvector(G, k, v, w):
+            return -1.0
+        norm2 = _times(M, rows, cols, v, u)
+        if not 0.0 < norm2 < np.inf:
+            return -1.0
+        inv = 1.0 / math.sqrt(norm2)
+        for j in range(rows):
+            u[j] *= inv
+    _adjoint_times(M, rows, cols, u, w)
+    return _residual2(M, rows, cols, u, w)
 
 
 @_kernel(fastmath=FASTMATH)
@@ -518,13 +585,12 @@ def _tile_split_errors(tile, r, first_column, m, stride, block_rows, block_colum
                     if exponent == NOT_FINITE or exponent == EMPTY:
                         bad[s] += exponent == NOT_FINITE  # reported by the caller
                         continue
+                residual2 = -1.0
                 if cancelled and exponent == 0:
-                    # the Gram matrix showed a near-exact block: straight to the error
-                    # from its top singular pair (`_block_residual2` would form it again)
-                    _top_left_vector(M, b1, c2, row_norm2, norm2, u, v, w, tol)
-                    _adjoint_times(M, b1, c2, u, w)
-                    residual2 = _residual2(M, b1, c2, u, w)
-                else:
+                    # the Gram matrix showed a near-exact block: the error straight from
+                    # its top singular pair (`_block_residual2` would form it again)
+                    residual2 = _near_exact_residual2(M, b1, c2, G, side_length, u, v, w)
+                if residual2 < 0.0:
                     warm = 0
                     if min(b1, c2) > GRAM_SIDE:
                         warm = _load_flat_start(starts,
