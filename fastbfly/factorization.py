@@ -28,11 +28,23 @@ __all__ = ["factorize"]
 # docs/performance.md and docs/general_shapes.md were slower threaded than the serial
 # kernels' CPU time: DFT N = 1024 left-to-right 17.5 ms against 12.8 ms, 768 x 3072
 # left-to-right 13.9 against 8.4 ms, 1024 x 1024 (10 factors) 9.5 against 5.5 ms.
+# Noise-like blocks (random weights), which made two threads pay off from about 2M
+# values, are now solved serially in a fraction of the time (the rank-one kernel's Gram
+# continuation, `fastbfly._kernels._top_pair`): 768 x 3072 float32 random weights with
+# 2-4 factors took 27-55 ms serially at load 2-3, against 71-112 ms threaded from
+# 1 << 16 values before it (docs/general_shapes.md).
 SPLIT_PARALLEL_MIN_NODE_SIZE = 1 << 22
 # Blocks are handed out in this many chunks per thread (load balance vs. overhead).
 CHUNKS_PER_THREAD = 4
 # Bytes of the panel into which each task gathers the rows its blocks share.
 PANEL_BYTES = 1 << 25
+# The same where the columns are read in order (no permutation to stage whole rows for):
+# a panel that stays in the L2 cache (1 MB per core here) is solved from there instead of
+# from L3.  Measured (median of 5, load 0.7): 768 x 3072 balanced, 192 x 16 blocks,
+# 12.1 ms with 32 MB panels, 8.7 ms with 256 kB; Hadamard N = 4096 60 / 55 ms balanced,
+# 104 / 92 ms left-to-right.  A DFT with ``perm="bitrev"`` keeps `PANEL_BYTES` at the
+# root: N = 4096 took 113 -> 180 ms with 256 kB panels (rows no longer staged whole).
+IN_ORDER_PANEL_BYTES = 1 << 18
 # Matrices of this many entries have their permutation candidates factorized in
 # parallel threads (see `_candidate_workers`): from N = 256 (measured on 2 cores,
 # "auto" on a noisy DFT: 1.6x faster at N = 256, 1.1x at 512, a loss below 256) up to
@@ -680,8 +692,27 @@ class _Split:
     c2: int  # columns per block
 
 
+# Plans of recent (chain, tree, orthonormalize) triples: building one took 30 µs, 4 % of
+# a 256 x 256 factorization.  Plans are read-only (frozen `_Split`s in a dict nobody
+# modifies).
+_PLANS: dict = {}
+PLAN_CACHE_SIZE = 64
+
+
 def _plan(chain: Chain, root: Node, orthonormalize: bool) -> dict:
-    """Patterns and block sizes of every split of the tree, checked before any work."""
+    """Patterns and block sizes of every split of the tree, checked before any work
+    (the same dict for the same chain, tree and ``orthonormalize``: do not modify)."""
+    key = (chain, root.to_nested(), bool(orthonormalize))
+    plan = _PLANS.get(key)
+    if plan is None:
+        plan = _build_plan(chain, root, orthonormalize)
+        if len(_PLANS) >= PLAN_CACHE_SIZE:
+            _PLANS.clear()
+        _PLANS[key] = plan
+    return plan
+
+
+def _build_plan(chain: Chain, root: Node, orthonormalize: bool) -> dict:
     plan = {}
 
     def visit(node: Node):
@@ -842,15 +873,30 @@ def estimate_memory(plan: dict, dtype, shape, input_copies: int) -> int:
     return int(input_copies * shape[0] * shape[1] * itemsize + nodes * itemsize + panels)
 
 
+# ``MemAvailable`` is read at most this often (seconds): reading /proc/meminfo took 29 µs,
+# 4 % of a 256 x 256 factorization (0.7 ms).
+MEMINFO_MAX_AGE = 0.05
+_MEMINFO = [-math.inf, None]  # (time.monotonic() of the last read, its value)
+
+
 def _available_memory():
+    """``MemAvailable`` of /proc/meminfo in bytes (None where unknown), at most
+    `MEMINFO_MAX_AGE` seconds old."""
+    now = time.monotonic()
+    read_at, value = _MEMINFO
+    if now - read_at < MEMINFO_MAX_AGE:
+        return value
+    value = None
     try:
         with open("/proc/meminfo") as file:
             for line in file:
                 if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
+                    value = int(line.split()[1]) * 1024
+                    break
     except (OSError, ValueError, IndexError):
         pass
-    return None
+    _MEMINFO[:] = [now, value]
+    return value
 
 
 def _memory_limit_bytes(memory_limit):
@@ -886,6 +932,11 @@ def _identity(n: int) -> np.ndarray:
     return np.arange(n, dtype=np.int64)
 
 
+def _in_order(columns: np.ndarray) -> bool:
+    """Whether the column gather ``columns`` (a permutation) is the identity."""
+    return bool(columns.size < 2 or np.all(columns[1:] > columns[:-1]))
+
+
 def _split(node_values, columns, split: _Split, left, right, sigma_power):
     """Run a block kernel on one node.
 
@@ -908,7 +959,8 @@ def _split(node_values, columns, split: _Split, left, right, sigma_power):
         args = (node_values, columns, b1, c1, split.rank, batch, left, right, sigma_power, tol,
                 work, n_chunks)
     else:
-        batch = max(1, min(c1, PANEL_BYTES // (b1 * c2 * node_values.itemsize)))
+        panel_bytes = IN_ORDER_PANEL_BYTES if _in_order(columns) else PANEL_BYTES
+        batch = max(1, min(c1, panel_bytes // (b1 * c2 * node_values.itemsize)))
         n_tasks = a * (big_b // b1) * d * -(-c1 // batch)
         n_chunks = min(n_tasks, CHUNKS_PER_THREAD * threads) if parallel else 1
         kernel = _kernels.split_rank_one_parallel if parallel else _kernels.split_rank_one_serial
@@ -918,6 +970,8 @@ def _split(node_values, columns, split: _Split, left, right, sigma_power):
     exponent = np.zeros(n_chunks, dtype=np.int64)
     bad = np.zeros(n_chunks, dtype=np.int64)
     kernel(*args, norm2, residual2, exponent, bad)
+    if n_chunks == 1:  # (the serial kernels: no NumPy calls to combine one chunk)
+        return float(norm2[0]), float(residual2[0]), int(exponent[0]) if norm2[0] > 0 else 0, int(bad[0])
     top = int(exponent[norm2 > 0].max()) if np.any(norm2 > 0) else 0
     shifts = 2 * (exponent - top)
     return (float(np.ldexp(norm2, shifts).sum()), float(np.ldexp(residual2, shifts).sum()),
