@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 import numba
 
@@ -910,7 +912,14 @@ def _best_middle(patterns: np.ndarray, reversed_chain: bool) -> tuple[int, int, 
     """Where to split a chain for the two-phase products (see
     ``_kernels._apply_chain_py``): the factor ``m`` maximising the smaller of the
     number of independent row segments and the residue period, and those two numbers.
-    ``(0, 1, 1)`` (one phase) for a single factor or when no split is safe."""
+    ``(0, 1, 1)`` (one phase) for a single factor or when no split is safe.  Memoised:
+    12 µs a chain, 2 % of a 256 x 256 factorization, which builds a Butterfly."""
+    return _best_middle_of(tuple(map(tuple, patterns.tolist())), bool(reversed_chain))
+
+
+@functools.lru_cache(maxsize=256)
+def _best_middle_of(patterns: tuple, reversed_chain: bool) -> tuple[int, int, int]:
+    patterns = np.array(patterns, dtype=np.int64)
     best = (0, 1, 1)
     for m in range(1, len(patterns)):
         segments, period = phase_layout(patterns, m, reversed_chain)
