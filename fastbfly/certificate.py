@@ -462,9 +462,12 @@ def certify(matrix, B: Butterfly) -> Certificate:
     when ``B`` has permutations.  The only factor values built for the ``E_l`` are
     the start vectors (``B`` fused on the cheaper side of each split, at most
     ``~N^1.5`` values).  A balanced factorization costs about two passes (its root
-    split and the much smaller nodes below); certify costs about three
-    factorizations at N = 1024 and 4096 (``docs/certificate.md``, from
-    ``python benchmarks/certificate_bounds.py --cost-only``).
+    split and the much smaller nodes below).  Measured on a quiet 2-core machine
+    (``docs/certificate.md``, ``python benchmarks/certificate_bounds.py
+    --cost-only``): certify costs 2.1-2.2 factorizations of a noisy DFT at N = 1024
+    and 3.3 at N = 4096; 3.7 and 8.3 for the exact DFT, whose near-exact blocks get
+    their errors recomputed from the top singular pair (two or three more reads of
+    each) while its factorization is the cheapest of all.
     Memory: one copy of the matrix when ``B`` has a row or column permutation or zero
     padding, none otherwise.
 
