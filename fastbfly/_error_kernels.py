@@ -115,6 +115,20 @@ def _scan_block(M, rows, cols, row_norm2):
 
 
 @_kernel()
+def _rayleigh_step(G, k, x, y):
+    """``y = G x`` for the unit ``x``; returns the Rayleigh quotient ``xᴴ G x`` (the
+    step of `_top_eigenvalue` and `_top_eigenvector`)."""
+    rho = 0.0
+    for a in range(k):
+        acc = G[a, 0] * x[0]
+        for b in range(1, k):
+            acc += G[a, b] * x[b]
+        y[a] = acc
+        rho += (np.conj(x[a]) * acc).real
+    return rho
+
+
+@_kernel()
 def _top_eigenvalue(G, k, x, y):
     """Largest eigenvalue of a ``k × k`` Hermitian positive semidefinite ``G`` (``x``
     and ``y``: workspaces of at least ``k`` entries of ``G``'s dtype).
@@ -153,13 +167,7 @@ def _top_eigenvalue(G, k, x, y):
     for a in range(k):
         x[a] *= inv
     for _ in range(TOP_EIGEN_STEPS):
-        rho = 0.0
-        for a in range(k):
-            acc = G[a, 0] * x[0]
-            for b in range(1, k):
-                acc += G[a, b] * x[b]
-            y[a] = acc
-            rho += (np.conj(x[a]) * acc).real
+        rho = _rayleigh_step(G, k, x, y)
         if trace - rho < CANCELLATION * trace:
             return rho
         residual2 = 0.0
@@ -197,13 +205,7 @@ def _top_eigenvector(G, k, x, y):
         inv = 1.0 / math.sqrt(norm2)
         for a in range(k):
             x[a] *= inv
-        rho = 0.0
-        for a in range(k):
-            acc = G[a, 0] * x[0]
-            for b in range(1, k):
-                acc += G[a, b] * x[b]
-            y[a] = acc
-            rho += (np.conj(x[a]) * acc).real
+        rho = _rayleigh_step(G, k, x, y)
         residual2 = 0.0
         for a in range(k):
             residual2 += _abs2(y[a] - rho * x[a])

@@ -10,26 +10,10 @@ from fastbfly import Butterfly, Factor, _kernels
 from fastbfly.patterns import Chain
 from fastbfly.factorization import _scan
 
-from conftest import dtype_id, eps, random_array
+from conftest import dtype_id, eps, random_array, run_split_rank_one
 
 
-def run(node, b1, c1, columns=None, batch=None, work=None):
-    """The serial rank-one split kernel: ``(left, right, norm2, residual2, bad)`` with the
-    sums as plain floats (they are in units of ``4**exponent`` per chunk)."""
-    a, big_b, big_c, d = node.shape
-    b2, c2 = big_b // b1, big_c // c1
-    left = np.full((a, b1, c1, b2 * d), np.nan, dtype=node.dtype)
-    right = np.full((a * c1, b2, c2, d), np.nan, dtype=node.dtype)
-    norm2, residual2 = np.zeros(1), np.zeros(1)
-    exponent, bad = np.zeros(1, dtype=np.int64), np.zeros(1, dtype=np.int64)
-    if work is None:
-        work = np.zeros(1, dtype=np.complex128 if node.dtype.kind == "c" else np.float64)
-    _kernels.split_rank_one_serial(
-        node, np.arange(big_c) if columns is None else columns, b1, c1,
-        c1 if batch is None else batch, left, right, 1.0, 8 * eps(np.float64), work, 1,
-        norm2, residual2, exponent, bad)
-    scale = 4.0 ** float(exponent[0])
-    return left, right, norm2[0] * scale, residual2[0] * scale, int(bad[0])
+run = run_split_rank_one
 
 
 def products(left, right, shape, b1, c1):

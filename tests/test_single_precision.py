@@ -12,7 +12,7 @@ from fastbfly import Chain, factorize
 
 import naive
 from conftest import (NAMED_TREES, assert_close, dtype_id, eps, noisy, random_array,
-                      random_factors, relative_error, rtol)
+                      random_factors, relative_error, rtol, run_split_rank_one)
 from fastbfly import Butterfly
 
 SINGLE = [np.dtype(np.float32), np.dtype(np.complex64)]
@@ -27,19 +27,9 @@ def dft(n, dtype):
 def split(node, b1, c1):
     """The serial rank-one split kernel on ``node``: ``(left, right, norm2, residual2)``
     (sums as plain floats)."""
-    a, big_b, big_c, d = node.shape
-    b2, c2 = big_b // b1, big_c // c1
-    left = np.full((a, b1, c1, b2 * d), np.nan, dtype=node.dtype)
-    right = np.full((a * c1, b2, c2, d), np.nan, dtype=node.dtype)
-    norm2, residual2 = np.zeros(1), np.zeros(1)
-    exponent, bad = np.zeros(1, dtype=np.int64), np.zeros(1, dtype=np.int64)
-    work = np.zeros(1, dtype=np.complex128 if node.dtype.kind == "c" else np.float64)
-    _kernels.split_rank_one_serial(node, np.arange(big_c), b1, c1, c1, left, right, 1.0,
-                                   8 * eps(np.float64), work, 1, norm2, residual2, exponent,
-                                   bad)
-    assert bad[0] == 0
-    scale = 4.0 ** float(exponent[0])
-    return left, right, norm2[0] * scale, residual2[0] * scale
+    left, right, norm2, residual2, bad = run_split_rank_one(node, b1, c1)
+    assert bad == 0
+    return left, right, norm2, residual2
 
 
 @pytest.mark.parametrize("tree", NAMED_TREES)

@@ -10,25 +10,16 @@ import fastbfly
 from fastbfly import _kernels, factorization
 from fastbfly.patterns import Chain
 
-from conftest import dtype_id, eps, random_array, rtol
+from conftest import dtype_id, eps, random_array, rtol, run_split_rank_one
 
 DTYPES = [np.float32, np.float64, np.complex64, np.complex128]
 
 
 def run_rank_one(node, b1, c1):
-    """The serial rank-one split kernel (one chunk, all column groups in one batch):
-    ``(left, right, residual2 as a plain float)``."""
-    a, big_b, big_c, d = node.shape
-    b2, c2 = big_b // b1, big_c // c1
-    left = np.full((a, b1, c1, b2 * d), np.nan, dtype=node.dtype)
-    right = np.full((a * c1, b2, c2, d), np.nan, dtype=node.dtype)
-    norm2, residual2 = np.zeros(1), np.zeros(1)
-    exponent, bad = np.zeros(1, dtype=np.int64), np.zeros(1, dtype=np.int64)
-    work = np.zeros(1, dtype=np.complex128 if node.dtype.kind == "c" else np.float64)
-    _kernels.split_rank_one_serial(node, np.arange(big_c), b1, c1, c1, left, right, 1.0,
-                                   8 * eps(np.float64), work, 1, norm2, residual2, exponent, bad)
-    assert bad[0] == 0
-    return left, right, residual2[0] * 4.0 ** float(exponent[0])
+    """The serial rank-one split kernel: ``(left, right, residual2)``."""
+    left, right, _, residual2, bad = run_split_rank_one(node, b1, c1)
+    assert bad == 0
+    return left, right, residual2
 
 
 def blocks_of(node, b1, c1):
