@@ -116,16 +116,13 @@ def _scan_block(M, rows, cols, row_norm2):
 
 @_kernel()
 def _rayleigh_step(G, k, x, y):
-    """``y = G x`` for the unit ``x``; returns the Rayleigh quotient ``xᴴ G x`` (the
-    step of `_top_eigenvalue` and `_top_eigenvector`)."""
+    """``y = G x`` for the unit ``x``; returns the Rayleigh quotient ``xᴴ G x`` and
+    ``‖y‖²`` (the step of `_top_eigenvalue` and `_top_eigenvector`)."""
+    length2 = _times(G, k, k, x, y)
     rho = 0.0
     for a in range(k):
-        acc = G[a, 0] * x[0]
-        for b in range(1, k):
-            acc += G[a, b] * x[b]
-        y[a] = acc
-        rho += (np.conj(x[a]) * acc).real
-    return rho
+        rho += (np.conj(x[a]) * y[a]).real
+    return rho, length2
 
 
 @_kernel()
@@ -167,14 +164,12 @@ def _top_eigenvalue(G, k, x, y):
     for a in range(k):
         x[a] *= inv
     for _ in range(TOP_EIGEN_STEPS):
-        rho = _rayleigh_step(G, k, x, y)
+        rho, norm2 = _rayleigh_step(G, k, x, y)
         if trace - rho < CANCELLATION * trace:
             return rho
         residual2 = 0.0
-        norm2 = 0.0
         for a in range(k):
             residual2 += _abs2(y[a] - rho * x[a])
-            norm2 += _abs2(y[a])
         if 2.0 * rho > trace and residual2 / (2.0 * rho - trace) <= RESIDUAL_TOL * (trace - rho):
             return rho
         inv = 1.0 / math.sqrt(norm2)
@@ -205,7 +200,7 @@ def _top_eigenvector(G, k, x, y):
         inv = 1.0 / math.sqrt(norm2)
         for a in range(k):
             x[a] *= inv
-        rho = _rayleigh_step(G, k, x, y)
+        rho, _ = _rayleigh_step(G, k, x, y)
         residual2 = 0.0
         for a in range(k):
             residual2 += _abs2(y[a] - rho * x[a])

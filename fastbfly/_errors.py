@@ -244,7 +244,7 @@ def _gram_plan(block_rows: np.ndarray, block_columns: np.ndarray, tile_rows: int
     # the splits read from their blocks first, then those summed, each after its source
     own = [s for s in range(count) if plan[s, 0] < 0]
     rows = [s for s in reversed(range(count)) if plan[s, 0] == s + 1]
-    columns = [s for s in range(count) if plan[s, 0] == s - 1 and plan[s, 0] >= 0]
+    columns = [s for s in range(1, count) if plan[s, 0] == s - 1]
     plan[:, 2] = own + rows + columns
     return plan, max(size, 1)
 
