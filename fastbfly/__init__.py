@@ -5,6 +5,18 @@ hierarchical algorithm (exact recovery of butterfly products, error guarantees),
 apply the result in ``O(n log n)`` with Numba kernels, as a scipy ``LinearOperator``.
 """
 
+import os as _os
+
+# Numba's default threading layer is OpenMP (libgomp), whose idle threads spin for a
+# while (GOMP_SPINCOUNT) after each parallel region before they sleep.  fastbfly runs
+# one region per product or large split, so the spinning buys nothing, and when other
+# processes (or another library's thread pool) share the cores it takes their time:
+# 64 complex128 vectors at N = 4096 on 2 cores with one other busy process took 8-12 ms
+# per product with spinning, 1.0-2.9 ms with passive waiting, and 2.0-2.7 ms on one
+# thread (docs/performance.md).  A value set by the user wins; it takes effect only when
+# no OpenMP runtime has started in this process yet (libgomp reads it when it loads).
+_os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 from .butterfly import Butterfly, Factor
 from .certificate import Certificate, certify
 from .clustering import recover_permutations

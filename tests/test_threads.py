@@ -336,3 +336,34 @@ def test_workqueue_threading_layer_from_many_threads(tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     # the threaded kernels ran (compiled in the private cache), and every result agreed
     assert result.stdout.split() == ["workqueue", "0", "True"]
+
+
+WAIT_POLICY_SCRIPT = textwrap.dedent("""
+    import ctypes, os, numpy as np, numba
+    import fastbfly
+    B = fastbfly.dft_butterfly(4096)
+    numba.set_num_threads(2)
+    B @ np.ones((4096, 256), complex)  # a threaded product: the OpenMP runtime starts
+    print(os.environ.get("OMP_WAIT_POLICY"), numba.threading_layer(), flush=True)
+    if numba.threading_layer() == "omp":
+        ctypes.CDLL("libgomp.so.1").omp_display_env(0)  # (to stderr)
+""")
+
+
+@pytest.mark.parametrize("preset", [None, "ACTIVE"])
+def test_openmp_threads_wait_passively_unless_the_user_chose(preset, tmp_path):
+    """``import fastbfly`` makes OpenMP's idle threads sleep instead of spinning (they
+    stole the cores of other processes: see ``fastbfly/__init__.py``), and the runtime
+    Numba loads really uses that policy; a policy set by the user is kept."""
+    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    if preset is not None:
+        env["OMP_WAIT_POLICY"] = preset
+    env.update(NUMBA_NUM_THREADS="2", NUMBA_CACHE_DIR=str(tmp_path / "cache"))
+    result = subprocess.run([sys.executable, "-c", WAIT_POLICY_SCRIPT], env=env,
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    policy, layer = result.stdout.split()
+    expected = preset or "PASSIVE"
+    assert policy == expected
+    if layer == "omp":  # libgomp's own report of the setting it runs with
+        assert f"OMP_WAIT_POLICY = '{expected}'" in result.stderr
