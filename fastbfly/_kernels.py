@@ -2626,6 +2626,22 @@ def _tile_pass(kind, s, packed, steps, gather, scatter, x, out, tile, c0, w, par
             _tile_last4(packed, d1, o1, d2, o2, tile, w, out, scatter, c0, start, stop)
 
 
+@_kernel()
+def _pass_keeps_row_slices(kind, s, steps, n, n_parts):
+    """Whether share ``part`` of pass ``(kind, s)`` (`_tile_pass`) is exactly rows
+    ``part * n / n_parts ..`` of the tile for every ``part``: then a thread can run
+    consecutive such passes on its rows without waiting for the others.  It is when
+    the pass's blocks of rows (``2 d`` rows for one factor, ``4 lo`` for two) come in a
+    number that ``n_parts`` divides."""
+    if kind == _STORE:
+        return n % n_parts == 0
+    if kind == _FIRST4 or kind == _PAIRS4 or kind == _LAST4:
+        span = 4 * min(steps[s, 1], steps[s + 1, 1])
+    else:
+        span = 2 * steps[s, 1]
+    return n % (span * n_parts) == 0
+
+
 def _apply_pairs_tiles_py(packed, steps, gather, scatter, x, out, tiles, fuse, fuse_ends,
                           n_parts):
     """``out = P_out K_{steps[-1]} ⋯ K_{steps[0]} P_in x`` for a block of vectors, tile
@@ -2636,9 +2652,11 @@ def _apply_pairs_tiles_py(packed, steps, gather, scatter, x, out, tiles, fuse, f
     ``n_tiles * width >= m``; ``gather`` and ``scatter`` as in `_apply_pairs_py`;
     ``fuse`` and ``fuse_ends`` as in `_tile_passes`.  In the ``parallel=True`` build
     the threads share the tiles (``n_parts = 1``: no barrier at all), or else every
-    pass in ``n_parts`` slices of rows (full-width tiles for a block of one tile, but a
-    barrier after every pass: `Butterfly` does not use it, measured 30× slower than
-    serial while other processes loaded the machine).
+    pass in ``n_parts`` slices of rows: full-width tiles, which keep the innermost
+    loops long when there are fewer tiles than threads, at the cost of a barrier
+    between passes that do not keep the same row slices (`_pass_keeps_row_slices`):
+    passes of factors with ``2 d <= n / n_parts`` run back to back, so a chain of
+    factors with ``d = 1, 2, 4, ..`` has a single barrier, before its last pass.
     """
     n_tiles, _, planes, width = tiles.shape
     m = x.shape[1] // planes
@@ -2652,14 +2670,24 @@ def _apply_pairs_tiles_py(packed, steps, gather, scatter, x, out, tiles, fuse, f
                     _tile_pass(passes[p, 0], passes[p, 1], packed, steps, gather, scatter,
                                x, out, tiles[q], c0, w, 0, 1)
     else:
-        for p in range(passes.shape[0]):
+        n = tiles.shape[1]
+        n_passes = passes.shape[0]
+        first = 0
+        while first < n_passes:  # one parallel region per run of passes
+            stop = first + 1
+            if _pass_keeps_row_slices(passes[first, 0], passes[first, 1], steps, n, n_parts):
+                while stop < n_passes and _pass_keeps_row_slices(
+                        passes[stop, 0], passes[stop, 1], steps, n, n_parts):
+                    stop += 1
             for part in prange(n_parts):
                 for q in range(n_tiles):
                     c0 = q * width
                     w = min(width, m - c0)
                     if w > 0:
-                        _tile_pass(passes[p, 0], passes[p, 1], packed, steps, gather,
-                                   scatter, x, out, tiles[q], c0, w, part, n_parts)
+                        for p in range(first, stop):
+                            _tile_pass(passes[p, 0], passes[p, 1], packed, steps, gather,
+                                       scatter, x, out, tiles[q], c0, w, part, n_parts)
+            first = stop
 
 
 def pairs_tiles_shape(n: int, m: int, planes: int, threads: int = 1) -> tuple:

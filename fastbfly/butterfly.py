@@ -711,19 +711,21 @@ class Butterfly:
         threads = numba.get_num_threads()
         parallel = (threads > 1
                     and n * columns * len(steps) >= _kernels.PAIRS_PARALLEL_MIN_WORK)
+        # Threads share the tiles (one parallel region, no barrier) when there are
+        # enough full-width tiles to go round; else they share the rows of each pass,
+        # keeping full-width tiles at the cost of a barrier or two
+        # (`_kernels._apply_pairs_tiles_py`).
+        by_rows = parallel and -(-(columns // planes) // _kernels.PAIRS_TILE_COLUMNS) < threads
         shape = _kernels.pairs_tiles_shape(n, columns // planes, planes,
-                                           threads if parallel else 1)
+                                           threads if parallel and not by_rows else 1)
         tiles = _kernels.pairs_tiles_scratch(shape, real)
         fuse = tiles[0].nbytes >= _kernels.PAIRS_FUSE_MIN_TILE_BYTES
         out = np.empty_like(xc)
         if parallel:
-            # Threads share the tiles: one parallel region, no barrier.  (Sharing every
-            # pass by rows, ``n_parts = threads``, keeps 64-column tiles but puts a
-            # barrier after every pass: 70-110 ms instead of 3.5 ms when other
-            # processes load the machine.)
             _kernels.apply_pairs_tiles_parallel(packed, steps, gather, scatter, xr,
                                                 out.view(real), tiles, fuse,
-                                                _kernels.PAIRS_FUSE_ENDS, 1)
+                                                _kernels.PAIRS_FUSE_ENDS,
+                                                threads if by_rows else 1)
         else:
             _kernels.apply_pairs_tiles(packed, steps, gather, scatter, xr, out.view(real),
                                        tiles, fuse, _kernels.PAIRS_FUSE_ENDS, 1)

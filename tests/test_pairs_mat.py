@@ -114,6 +114,38 @@ def test_tile_shapes(rng, dtype, n_tiles, width):
             assert_close(got, want, dtype)
 
 
+@pytest.mark.parametrize("name", ["n64", "equal-d", "n24"])
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("n_parts", [2, 4, 8])
+def test_row_slices_run_passes_back_to_back(rng, name, mode, n_parts):
+    """Threads sharing rows run the passes that keep their row slices without a barrier
+    between them (`_pass_keeps_row_slices`): with ``d`` rising (forward on n64) all but
+    the last pass, with ``d`` falling (adjoint) all but the first; n = 24 in 8 slices
+    keeps nothing.  One tile of full width, fused and not."""
+    dtype = np.dtype(np.complex128)
+    B = make_butterfly(rng, name, dtype, permuted=True)
+    n = B.shape[0]
+    X = random_array(rng, (n, 5), dtype)
+    want = dense_operator(B, mode) @ X
+    for fuse in (False, True):
+        got = run_tiles(B, mode, X, (1, n, 2, 5), fuse, parallel=True, n_parts=n_parts)
+        assert_close(got, want, dtype)
+
+
+def test_which_passes_keep_row_slices():
+    """The rule itself, on n64's steps (d = 1, 2, .., 32) in two slices: a factor keeps
+    them while its blocks of ``2 d`` rows fit a slice (d <= 16), two fused factors while
+    blocks of ``4 lo`` rows do."""
+    steps = np.array([(64 // (2 * d), d, 0) for d in (1, 2, 4, 8, 16, 32)], dtype=np.int64)
+    keeps = _kernels._pass_keeps_row_slices.py_func
+    single = [keeps(_kernels._PAIRS2, s, steps, 64, 2) for s in range(6)]
+    assert single == [True, True, True, True, True, False]
+    fused = [keeps(_kernels._PAIRS4, s, steps, 64, 2) for s in range(5)]
+    assert fused == [True, True, True, True, False]
+    assert keeps(_kernels._STORE, 0, steps, 64, 2) and not keeps(_kernels._STORE, 0, steps, 64, 3)
+    assert not keeps(_kernels._PAIRS2, 0, steps, 64, 3)  # 3 does not divide 32 blocks
+
+
 @pytest.mark.parametrize("dtype", [np.dtype(np.float32), np.dtype(np.float64)], ids=dtype_id)
 @pytest.mark.parametrize("mode", MODES)
 def test_real_factors_on_complex_columns(rng, dtype, mode):
