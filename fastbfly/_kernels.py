@@ -1126,8 +1126,17 @@ EIGH_STEPS_PER_ROW = 2
 # 105 ns and 148 ns; 4 x 4 blocks 19 ns and 99 ns.  (The loops' sums cannot be
 # vectorised without reordering them, and the split kernels take no fastmath.)
 BLAS_MIN_WORK = 1024
+# Wide blocks projected on their left vectors (``sigma_power = 0``) whose squared error
+# (from the Gram matrix) is at least this fraction of ‖M‖² skip `_refine`: their Gram
+# basis, rotated into Ritz vectors, is as good as the refined one (`_split_rank_r_py`).
+UNREFINED = 1e-6
 # Values of the rank-r kernel's panel (the node rows its blocks share; 128 kB of float64).
 RANK_PANEL_VALUES = 1 << 14
+# The same for panels of several t (nodes with d > 1), whose gather writes batch-strided:
+# 32 kB, the L1 data cache.  Measured (1024 x 1024 rank 2 balanced, its (1, 64, 128, 16)
+# node, 8 x 16 blocks in batches of 16 t): 1.46 ms against 1.75 ms with 1 << 14, 1.49
+# with 1 << 11, 1.66 with 1 << 13.
+RANK_BATCH_PANEL_VALUES = 1 << 12
 
 
 @_kernel()
@@ -1222,6 +1231,27 @@ def _row_norm(Z, k, n):
 
 
 @_kernel()
+def _long_row_norm(Z, k, n):
+    """``‖Z[k, :n]‖`` in four interleaved partial sums (``j mod 4``) added at the end:
+    one running sum waits for every previous addition, which shows on long rows (a
+    block's right vectors; 2 x 128: 0.24 against 0.47 µs for an orthonormalisation).  A
+    fixed order, so the same bits on every run and thread."""
+    n4 = n - n % 4
+    acc0 = 0.0
+    acc1 = 0.0
+    acc2 = 0.0
+    acc3 = 0.0
+    for j in range(0, n4, 4):
+        acc0 += _abs2(Z[k, j])
+        acc1 += _abs2(Z[k, j + 1])
+        acc2 += _abs2(Z[k, j + 2])
+        acc3 += _abs2(Z[k, j + 3])
+    for j in range(n4, n):
+        acc0 += _abs2(Z[k, j])
+    return math.sqrt((acc0 + acc1) + (acc2 + acc3))
+
+
+@_kernel()
 def _least_covered_direction(Z, k, n):
     """Replace row ``k`` of ``Z`` by the coordinate vector that rows ``0..k-1``
     (orthonormal, ``k < n``) cover least, with those rows projected out (twice: "twice
@@ -1270,11 +1300,25 @@ def _orthonormalize_rows(Z, r, n):
 
 
 @_kernel()
-def _gram(A, conj_A, p, G):
+def _gram(A, conj_A, p, G, top):
     """``G = A Aᴴ`` (p × p, exactly Hermitian) from the block ``A`` (p × q) and
     ``conj_A``, its conjugate (``A`` itself for real blocks); returns
-    ``‖A‖² = trace G``."""
-    _times_transpose(A, conj_A, G)
+    ``‖A‖² = trace G``.  ``top`` (``p // 2`` × ``p // 2``) is workspace.
+
+    Only the lower triangle is computed, the upper one mirrored from it: through BLAS,
+    rows ``h..p-1`` against all rows and the top-left ``h × h`` block (``h = p // 2``),
+    3/4 of the products of ``A Aᴴ``.  Measured per block, one thread: 32 x 48 1.95
+    against 2.36 µs, 24 x 40 1.04 against 1.20 µs, 16 x 64 0.73 against 0.81 µs.
+    """
+    h = p // 2
+    if h * h * A.shape[1] >= BLAS_MIN_WORK:
+        np.dot(A[h:], conj_A.T, G[h:])
+        np.dot(A[:h], conj_A[:h].T, top)
+        for j in range(h):
+            for l in range(j + 1):
+                G[j, l] = top[j, l]
+    else:
+        _times_transpose(A, conj_A, G)
     trace = 0.0
     for j in range(p):
         for l in range(j):
@@ -1294,7 +1338,8 @@ def _top_subspace(G, p, r, norm2, Q, Z, diag, tol):
     ``r``, so exact low-rank blocks converge in one step.  Then subspace iteration
     ``Q ← orth(G Q)`` with the stopping rule of `_top_left_vector` on the captured
     energy ``σ² = trace(Qᴴ G Q)`` (``‖A‖² − σ²`` is the block's squared error).
-    ``Z`` (r × p) and ``diag`` (p) are workspace.
+    Returns that ``σ²``, and leaves ``G q_ρ`` in row ``ρ`` of ``Z`` (r × p) for the
+    returned rows ``q_ρ``; ``diag`` (p) is workspace.
     """
     for j in range(p):
         diag[j] = G[j, j].real
@@ -1322,11 +1367,14 @@ def _top_subspace(G, p, r, norm2, Q, Z, diag, tol):
     budget = 8 + (EIGH_STEPS_PER_ROW * p) // r
     for step in range(MAX_POWER_STEPS):
         if step == budget:
-            _, vectors = np.linalg.eigh(G)  # eigenvalues ascending
+            values, vectors = np.linalg.eigh(G)  # eigenvalues ascending
+            sigma2 = 0.0
             for rho in range(r):
+                sigma2 += values[p - 1 - rho]
                 for j in range(p):
                     Q[rho, j] = vectors[j, p - 1 - rho]
-            return
+                    Z[rho, j] = values[p - 1 - rho] * Q[rho, j]
+            return sigma2
         # Z[ρ] = G q_ρ, as rows: Z = Q Gᵀ
         _times_hermitian(Q, G, Z)
         sigma2 = 0.0
@@ -1336,7 +1384,7 @@ def _top_subspace(G, p, r, norm2, Q, Z, diag, tol):
         error2 = norm2 - sigma2
         increase = sigma2 - sigma2_old
         if error2 <= 8.0 * tol * norm2 or increase <= tol * sigma2:
-            return
+            return sigma2
         ratio = increase / increase_old if increase_old > 0.0 else 0.0
         # The geometric tail only once the increases decay geometrically: two
         # consecutive ratios that agree (far from the top subspace the first
@@ -1344,7 +1392,7 @@ def _top_subspace(G, p, r, norm2, Q, Z, diag, tol):
         if 0.0 < ratio < 1.0 and 0.8 * ratio_old <= ratio <= 1.25 * ratio_old:
             slowest = max(ratio, ratio_old)
             if slowest < 1.0 and increase * slowest / (1.0 - slowest) <= RESIDUAL_TOL * error2:
-                return
+                return sigma2
         sigma2_old = sigma2
         increase_old = increase
         ratio_old = ratio
@@ -1352,6 +1400,82 @@ def _top_subspace(G, p, r, norm2, Q, Z, diag, tol):
             for j in range(p):
                 Q[rho, j] = Z[rho, j]
         _orthonormalize_rows(Q, r, p)
+    # (only for p > 250 r: the eigensolver's budget is beyond MAX_POWER_STEPS)
+    _times_hermitian(Q, G, Z)
+    sigma2 = 0.0
+    for rho in range(r):
+        for j in range(p):
+            sigma2 += (np.conj(Q[rho, j]) * Z[rho, j]).real
+    return sigma2
+
+
+@_kernel()
+def _rotate_pairs(X, Y, n, r, floor):
+    """Rotate the rows of ``X`` and ``Y`` (length ``n``) by one unitary ``J`` (as
+    `_jacobi_rows` rotates its pairs) until the Hermitian form ``h(k, l) = x_kᴴ y_l``
+    (``y_ρ = H x_ρ`` for a Hermitian ``H``) vanishes for ``k != l``, or is below
+    ``JACOBI_TOL`` times the geometric mean of ``h(k, k)`` and ``h(l, l)``, or below
+    ``floor``: cyclic Jacobi on ``H`` restricted to the rows of ``X``."""
+    for _ in range(MAX_JACOBI_SWEEPS):
+        rotated = False
+        for k in range(r - 1):
+            for l in range(k + 1, r):
+                # inline loops (n is tiny here: a call per product cost more)
+                alpha = 0.0
+                beta = 0.0
+                gamma = np.conj(X[k, 0]) * Y[l, 0]
+                for j in range(n):
+                    alpha += (np.conj(X[k, j]) * Y[k, j]).real
+                    beta += (np.conj(X[l, j]) * Y[l, j]).real
+                for j in range(1, n):
+                    gamma += np.conj(X[k, j]) * Y[l, j]
+                g = abs(gamma)
+                if g <= floor or g <= JACOBI_TOL * math.sqrt(abs(alpha * beta)):
+                    continue
+                rotated = True
+                phase = np.conj(gamma / g)
+                zeta = (beta - alpha) / (2.0 * g)
+                t = math.copysign(1.0, zeta) / (abs(zeta) + math.sqrt(1.0 + zeta * zeta))
+                c = 1.0 / math.sqrt(1.0 + t * t)
+                s = c * t
+                for j in range(n):
+                    x_k = X[k, j]
+                    x_l = X[l, j] * phase
+                    X[k, j] = c * x_k - s * x_l
+                    X[l, j] = s * x_k + c * x_l
+                    y_k = Y[k, j]
+                    y_l = Y[l, j] * phase
+                    Y[k, j] = c * y_k - s * y_l
+                    Y[l, j] = s * y_k + c * y_l
+        if not rotated:
+            break
+
+
+@_kernel()
+def _ritz_rotate(Q, Z, p, r, floor, J, K):
+    """Rotate the orthonormal rows ``q_ρ`` of ``Q`` into Ritz vectors of ``G``, given
+    ``Z`` (rows ``z_ρ = G q_ρ``, from `_top_subspace`): then the rows of ``Qᴴ A`` are
+    orthogonal up to the Gram's rounding, i.e. the ``q_ρ`` are (approximate) left
+    singular vectors.  Jacobi on the r × r matrix ``H[k, l] = q_kᴴ z_l``, as rotations
+    of the rows of ``J`` (from the identity) and ``K = J Hᵀ`` (`_rotate_pairs`, pairs
+    below ``floor``, the Gram's rounding, left alone), then ``Q ← J Q``: rotating the
+    r × r matrices rather than the p-long rows of ``Q`` and ``Z`` took 1.1 against 1.9
+    µs per 32 x 48 block of rank 4.  ``Z`` is overwritten; ``J``, ``K`` (r × r) are
+    workspace."""
+    for k in range(r):
+        for l in range(r):
+            J[k, l] = 1.0 if k == l else 0.0
+            K[k, l] = 0.0
+    # K[k, l] = q_lᴴ z_k, j outermost: r² independent running sums
+    for j in range(p):
+        for k in range(r):
+            for l in range(r):
+                K[k, l] += np.conj(Q[l, j]) * Z[k, j]
+    _rotate_pairs(J, K, r, r, floor)
+    _times_plain(J, Q, Z)
+    for k in range(r):
+        for j in range(p):
+            Q[k, j] = Z[k, j]
 
 
 @_kernel()
@@ -1478,6 +1602,17 @@ def _split_rank_r_py(node, columns, b1, c1, rank, batch, left, right, sigma_powe
     orthonormal: the side that later splits see through (right-to-left and balanced
     trees) stays an isometry.
 
+    Wide blocks projected on the left whose squared error ``‖A‖² − σ²`` (from the Gram
+    matrix) is at least ``UNREFINED`` of ``‖A‖²`` (noisy blocks, as in any approximate
+    factorization) skip `_refine` and its Jacobi rotation: the Gram's basis ``Q`` is
+    rotated into Ritz vectors (`_ritz_rotate`, r × r) and the block written as
+    ``Q (Qᴴ M)``, the same orthonormal projection.  What the refinement adds is accuracy
+    of order ``ε σ₁² / σ_r²`` in ``Q``'s weak directions; with that much error in the
+    block, it changes ``‖A‖² − σ²`` by less than the subspace iteration's own stopping
+    tolerance (``RESIDUAL_TOL``; measured on the noisy products of
+    benchmarks/general_shapes.py: relative changes of the blocks' summed squared error
+    below 3e-11).  Exact and nearly exact blocks keep the refinement.
+
     Products of the Gram matrix, the refinement and the projection run through BLAS
     once they are large enough (``BLAS_MIN_WORK``: small single-threaded calls, also
     from the threads of the ``parallel=True`` build); LAPACK only for blocks whose
@@ -1497,16 +1632,33 @@ def _split_rank_r_py(node, columns, b1, c1, rank, batch, left, right, sigma_powe
     # blocks share the node's b1 rows: those are read once, in runs of groups·C2
     # columns (with one column group per task, a 64 x 16 block reads 64 rows 8 kB
     # apart for 128 bytes each: 5 ms per million entries, against 0.9 ms for whole runs).
-    groups = max(1, min(c1, RANK_PANEL_VALUES // (batch * b1 * c2)))
+    panel_values = RANK_PANEL_VALUES if batch == 1 else RANK_BATCH_PANEL_VALUES
+    groups = max(1, min(c1, panel_values // (batch * b1 * c2)))
     n_groups = (c1 + groups - 1) // groups
     n_batches = (d + batch - 1) // batch
     n_tasks = a * b2 * n_groups * n_batches
+    # Nodes with one t (d = 1) whose columns are read in order (all but permuted
+    # roots): wide blocks are copied straight from the node's rows (b1 runs of C2
+    # values), tall ones through the panel filled by whole-run slice copies.  The
+    # element-wise gather below is slow on these runs: measured per block, gather
+    # alone, 8 x 128 blocks (1024 x 1024 rank 2) 0.15 against 0.97 µs; 32 x 48
+    # (384 x 1536 rank 4) 0.25 against 1.4 µs; tall 64 x 16 blocks 0.65 against 1.2 µs
+    # (read straight from their 64 rows, 8 kB apart, they took 3 µs longer each).
+    in_order = d == 1
+    for column in range(columns.size):
+        if columns[column] != column:
+            in_order = False
+            break
+    direct = in_order and not transposed
+    # (a, B, C, d) -> (a*B, C*d): the node's rows, which the slice copies read
+    rows = node.reshape((a * big_b, big_c * d))
     for chunk in prange(n_chunks):
-        panel = np.empty((batch, b1, groups * c2), dtype=work.dtype)
+        panel = np.empty((1, 1, 1) if direct else (batch, b1, groups * c2), dtype=work.dtype)
         # the block being solved, and its conjugate (complex data only)
         A = np.empty((p, q), dtype=work.dtype)
         conj_A = np.empty((p, q) if complex_work else (1, 1), dtype=work.dtype)
         G = np.empty((p, p), dtype=work.dtype)
+        top = np.empty((p // 2, p // 2), dtype=work.dtype)  # `_gram`'s workspace
         Q = np.empty((rank, p), dtype=work.dtype)
         Z = np.empty((rank, p), dtype=work.dtype)
         V = np.empty((rank, q), dtype=work.dtype)
@@ -1516,6 +1668,9 @@ def _split_rank_r_py(node, columns, b1, c1, rank, batch, left, right, sigma_powe
         diag = np.empty(p)
         sigma = np.empty(rank)
         order = np.empty(rank, dtype=np.int64)
+        # the Ritz rotation of noisy wide blocks (`_ritz_rotate`)
+        J = np.empty((rank, rank), dtype=work.dtype)
+        K = np.empty((rank, rank), dtype=work.dtype)
         norm2_sum = 0.0
         residual2_sum = 0.0
         exponent_sum = 0
@@ -1529,9 +1684,12 @@ def _split_rank_r_py(node, columns, b1, c1, rank, batch, left, right, sigma_powe
             j2 = (group // n_groups) % b2
             i = group // (n_groups * b2)
             # (b1 rows of the node) × (width gathered columns) × (t_count contiguous t)
-            for j1 in range(b1):
+            for j1 in range(0 if direct else b1):
                 row = j1 * b2 + j2
-                if t_count == 1:  # the root (d = 1): the inner loop reads a run of the row
+                if in_order:
+                    start = k1_first * c2
+                    panel[0, j1, :width] = rows[i * big_b + row, start:start + width]
+                elif t_count == 1:  # the root (d = 1): the inner loop reads a run of the row
                     for column in range(width):
                         panel[0, j1, column] = node[i, row, columns[k1_first * c2 + column], t_first]
                 else:
@@ -1544,7 +1702,10 @@ def _split_rank_r_py(node, columns, b1, c1, rank, batch, left, right, sigma_powe
                 k1 = k1_first + block // t_count
                 t = t_first + tt
                 first = (k1 - k1_first) * c2
-                if transposed:
+                if direct:
+                    for j1 in range(b1):
+                        A[j1, :] = rows[i * big_b + j1 * b2 + j2, k1 * c2:(k1 + 1) * c2]
+                elif transposed:
                     for j1 in range(b1):
                         for k2 in range(c2):
                             A[k2, j1] = np.conj(panel[tt, j1, first + k2])
@@ -1565,7 +1726,7 @@ def _split_rank_r_py(node, columns, b1, c1, rank, batch, left, right, sigma_powe
                                 conj_A[j, k] = np.conj(A[j, k])
                     else:
                         conj_A = A
-                    norm2 = _gram(A, conj_A, p, G)
+                    norm2 = _gram(A, conj_A, p, G, top)
                     if attempt == 1 or SAFE_NORM2_LOW <= norm2 <= SAFE_NORM2_HIGH:
                         break
                     exponent = _gather_scale(A, p, q)
@@ -1579,17 +1740,28 @@ def _split_rank_r_py(node, columns, b1, c1, rank, batch, left, right, sigma_powe
                         for k2 in range(c2):
                             right[i * c1 + k1, rho * b2 + j2, k2, t] = 0.0
                     continue
-                _top_subspace(G, p, rank, norm2, Q, Z, diag, tol)
-                _refine(A, conj_A, q, Q, rank, V, Y)
+                sigma2 = _top_subspace(G, p, rank, norm2, Q, Z, diag, tol)
                 # M ≈ Σ_ρ L_ρ R_ρᴴ with unit left vectors L_ρ, and ‖R_ρ‖ = σ_ρ unless
                 # right_unit (then R_ρ is unit and σ_ρ is ‖y_ρ‖)
                 right_unit = False
-                if transposed:  # M = Aᴴ ≈ Σ v_ρ y_ρᴴ = V (Vᴴ M): L = V, R = Y
+                if left_projection and not transposed and norm2 - sigma2 >= UNREFINED * norm2:
+                    # noisy: M = A ≈ Q (Qᴴ A) with Q's rows turned into Ritz vectors;
+                    # W[ρ, k] = Σ_j q_ρ[j] conj(A[j, k]): the rows of conj(Qᴴ A)
+                    _ritz_rotate(Q, Z, p, rank, p * tol * norm2, J, K)
+                    _times_plain(Q, conj_A, W)
+                    for rho in range(rank):
+                        sigma[rho] = _long_row_norm(W, rho, q)
+                    residual2 = _rank_r_residual2(A, p, q, Q, W, rank, norm2, sigma)
+                    L = Q
+                    R = W
+                elif transposed:  # M = Aᴴ ≈ Σ v_ρ y_ρᴴ = V (Vᴴ M): L = V, R = Y
+                    _refine(A, conj_A, q, Q, rank, V, Y)
                     _jacobi_rows(Y, p, V, q, rank, sigma)
                     residual2 = _rank_r_residual2(A, p, q, Y, V, rank, norm2, sigma)
                     L = V
                     R = Y
                 elif left_projection:  # M = A ≈ U (Uᴴ A), u_ρ = y_ρ / σ_ρ: L = U (in Y), R = W
+                    _refine(A, conj_A, q, Q, rank, V, Y)
                     _jacobi_rows(Y, p, V, 0, rank, sigma)
                     for rho in range(rank):
                         inv = 1.0 / sigma[rho] if sigma[rho] > 0.0 else 0.0
@@ -1603,6 +1775,7 @@ def _split_rank_r_py(node, columns, b1, c1, rank, batch, left, right, sigma_powe
                     L = Y
                     R = W
                 else:  # M = A ≈ Σ y_ρ v_ρᴴ = (A V) Vᴴ: L = Y / σ, R = V (unit)
+                    _refine(A, conj_A, q, Q, rank, V, Y)
                     _jacobi_rows(Y, p, V, q, rank, sigma)
                     residual2 = _rank_r_residual2(A, p, q, Y, V, rank, norm2, sigma)
                     for rho in range(rank):

@@ -127,10 +127,12 @@ def test_orthonormal_leaf_blocks_are_left_projections(shape, b1, c1, rank, dtype
 @pytest.mark.parametrize("dtype", [np.float32, np.float64, np.complex64, np.complex128], ids=dtype_id)
 @pytest.mark.parametrize("batch", [1, 5, 64])
 def test_column_group_panels_with_remainders(batch, dtype, rng):
-    """Several column groups per panel (``RANK_PANEL_VALUES``), a last panel with fewer
-    groups, batches of t with a remainder: exact rank-2 blocks come back exactly."""
-    b1, c1, rank, c2, b2, d = 4, 12, 2, 8, 2, 64
-    groups = _kernels.RANK_PANEL_VALUES // (batch * b1 * c2)
+    """Several column groups per panel (``RANK_PANEL_VALUES``, ``RANK_BATCH_PANEL_VALUES``
+    for several t), a last panel with fewer groups, batches of t with a remainder: exact
+    rank-2 blocks come back exactly."""
+    b1, c1, rank, c2, b2, d = 4, 13, 2, 8, 2, 64
+    panel_values = _kernels.RANK_PANEL_VALUES if batch == 1 else _kernels.RANK_BATCH_PANEL_VALUES
+    groups = panel_values // (batch * b1 * c2)
     if batch == d:  # panels of several column groups, the last one shorter
         assert 1 < groups < c1 and c1 % groups
     else:  # all groups in one panel; t in batches with a remainder (batch 5)
