@@ -178,11 +178,16 @@ def main():
                  "those of the splits with 2 to 8 rows (or columns) are sums of those of the "
                  "16-row (16-column) split: at N = 4096 only splits 4 and 8 form Gram "
                  "matrices from the data, and 5, 6 and 7 run power iteration.  Near-exact "
-                 "blocks (error below 1e-5 of their norm, σ = 0 here) have their error "
-                 "recomputed from the top singular pair, two or three more reads of the "
-                 "block.  `actual_error` is one more pass and the permutation one gather.  A "
-                 "balanced factorization costs about two passes.  Before the grouping (one "
-                 "pass per split) the ratio grew like `L/2`."]
+                 "blocks (squared error below 1e-5 of their squared norm) have their error "
+                 "computed directly from the top singular pair, one more read of the block "
+                 "(from planes of its real and imaginary parts for those with a Gram "
+                 "matrix), two for those solved by power iteration.  `actual_error` is one "
+                 "more pass, made first, and the permutation one gather.  When it shows that "
+                 "B fits to rounding (`‖Z − B‖ <= 2^-43 ‖Z‖`, σ = 0 here), the split errors "
+                 "are not computed: each is bounded by B's own error, within 2^-43 ‖Z‖ "
+                 "(`Certificate.split_errors_bounded`), so certify is the gather and one "
+                 "pass.  A balanced factorization costs about two passes.  Before the "
+                 "grouping (one pass per split) the ratio grew like `L/2`."]
     text = "\n".join(lines)
     print(text)
     if args.out:

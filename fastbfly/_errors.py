@@ -65,7 +65,10 @@ def split_errors(matrix: np.ndarray, chain: Chain, columns=None, values=None) ->
     butterfly on ``chain`` approximating ``matrix[:, columns]`` (e.g. the one being
     certified), only speed it up: the power iterations of rank-one splits start from
     the butterfly's own blocks, exactly rank one (`_warm_starts`); the errors are the
-    same to the solver's tolerance.
+    same to the solver's tolerance.  Near-exact blocks (best error below ``~3e-3`` of
+    the block's norm, where ``‖M‖² − σ₁²`` cancels) get the error of their top
+    singular pair computed directly: accurate to rounding (the pair's), and never
+    below the best error but for rounding.
 
     Raises
     ------

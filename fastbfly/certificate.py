@@ -31,6 +31,14 @@ from .trees import build_tree
 
 __all__ = ["Certificate", "certify"]
 
+# ``B`` fits the matrix to rounding when its error is at most this fraction of the
+# matrix's norm, by the matrix's precision: its own error then bounds every split error
+# from above, to within this much, and none is computed.  Double: ~500 ε (an exact
+# product factorized by fastbfly: 8e-16 for the DFT at N = 1024, 1.1e-15 at N = 4096,
+# ~5e-16 on random chains).  Single: 16 ε, where the matrix's own entries carry 6e-8
+# of rounding (exact complex64 DFT factorized: 4.4e-7 at N = 4096, 6.1e-7 at 8192).
+EXACT_FIT = {np.dtype(np.float64): 2.0 ** -43, np.dtype(np.float32): 2.0 ** -19}
+
 
 @dataclass(frozen=True)
 class Certificate:
@@ -45,8 +53,9 @@ class Certificate:
         The chain of the butterfly (the padded one when zero padding is used).
     split_errors : tuple of float
         ``E_l``, ``l = 1..L-1``: the exact two-factor error at every split of the chain,
-        for the matrix with the butterfly's row and column permutations (and padding).
-        Empty for a single factor.
+        for the matrix with the butterfly's row and column permutations (and padding);
+        when `split_errors_bounded`, upper bounds of them instead (see there).  Empty
+        for a single factor.
     norm : float
         ``‖matrix‖_F``.
     actual_error : float
@@ -61,6 +70,16 @@ class Certificate:
         is proven for ``B`` (`proven_upper_bound`).
     split_seconds, product_seconds : float
         Wall time of the ``L − 1`` two-factor problems and of the product.
+    split_errors_bounded : bool
+        True when ``B`` fits the matrix to rounding, ``padded_error <= f ‖matrix‖``
+        with ``f = 2**-43`` for a double-precision matrix, ``2**-19`` (16 ε) for single
+        precision (``EXACT_FIT``; e.g. an exact product factorized by fastbfly): the
+        ``E_l`` were then not computed but each set to ``padded_error``, which bounds it
+        from above (``B`` is itself a two-factor product at every split; in single
+        precision up to the rounding of ``B``'s product, ~1e-7 of the norm) by less
+        than ``f ‖matrix‖``.  So `lower_bound` is ``padded_error``, above the best
+        error ``E*`` (itself at most ``padded_error``) by less than that: ``B`` is
+        optimal to rounding.  The upper bounds, from larger ``E_l``, still hold.
 
     Examples
     --------
@@ -96,6 +115,7 @@ class Certificate:
     orthonormalize: object = None
     split_seconds: float = 0.0
     product_seconds: float = 0.0
+    split_errors_bounded: bool = False
 
     # ------------------------------------------------------------------ bounds
     @property
@@ -115,7 +135,10 @@ class Certificate:
     @property
     def lower_bound(self) -> float:
         """``max_l E_l``: no product on this chain (with these permutations), from any
-        method, has a smaller error.  0 for a single factor.
+        method, has a smaller error (but for rounding: when `split_errors_bounded`, it
+        is ``padded_error``, above the best error by less than ``2**-43 ‖matrix‖``,
+        ``2**-19 ‖matrix‖`` for a single-precision matrix).
+        0 for a single factor.
 
         Examples
         --------
@@ -327,6 +350,8 @@ class Certificate:
 
         for l, e in enumerate(self.split_errors, 1):
             row(f"E_{l} (best two-factor error at split {l})", e)
+        if self.split_errors_bounded:
+            lines.append("  (E_l not computed: B fits to rounding, its error bounds each E_l)")
         row("lower bound max_l E_l (any method)", self.lower_bound)
         row("actual error ||Z - B||", self.actual_error)
         if self.padded_error != self.actual_error:
@@ -394,8 +419,10 @@ def certify(matrix, B: Butterfly) -> Certificate:
     Notes
     -----
     **What is proven.**  ``lower_bound = max_l E_l <= E*``, the best error of any
-    product on the chain (with ``B``'s permutations), for every ``B``; so
-    ``ratio = error / lower_bound >= error / E*`` bounds how far ``B`` is from optimal.
+    product on the chain (with ``B``'s permutations), for every ``B`` (up to
+    rounding: see Accuracy, and `Certificate.split_errors_bounded` when ``B`` fits
+    to rounding); so ``ratio = error / lower_bound >= error / E*`` bounds how far
+    ``B`` is from optimal.
     ``upper_bound = Σ_l 2^{L-1-l} E_l <= (2^{L-1} − 1) E*`` is the guarantee of Le,
     Zheng, Riccietti and Gribonval (*Butterfly factorization with error guarantees*,
     arXiv:2411.04506) for the hierarchical algorithm with orthonormalisation and the
@@ -422,8 +449,23 @@ def certify(matrix, B: Butterfly) -> Certificate:
     are loose in practice: on noisy inputs the error is typically within 10 % of
     ``lower_bound`` while ``upper_bound`` is ``~2^{L-2}`` times larger.
 
-    **Accuracy.**  ``E_l`` are computed in double precision whatever the input's
-    precision (:func:`fastbfly._errors.split_errors`).  Blocks with a side of at most
+    **Accuracy.**  ``actual_error`` is measured first, in one pass over the matrix,
+    each entry of ``B``'s product formed in double precision from two fused factors
+    (``X_1⋯X_h`` and ``X_{h+1}⋯X_L``, multiplied in ``B``'s precision).  When ``B``
+    fits to rounding, ``padded_error <= 2**-43 ‖matrix‖`` for a double-precision
+    matrix (``EXACT_FIT``, ~500 ε: an exact product factorized by fastbfly, 1e-15 for
+    the DFT) or ``<= 2**-19 ‖matrix‖`` for a single-precision one (16 ε; its entries
+    carry 6e-8 of rounding: the exact complex64 DFT factorized, 4.4e-7 at N = 4096),
+    the ``E_l`` are not computed: each is reported as ``padded_error``, an upper bound
+    (``B`` is itself a two-factor product at every split; in single precision up to
+    the rounding of ``B``'s product) above the exact ``E_l`` by less than that
+    fraction of the norm, and `Certificate.split_errors_bounded` is set.
+    ``lower_bound`` is then ``padded_error``, above ``E*`` by less than that (``B``
+    is optimal to rounding, ``ratio = 1``), and the upper bounds, sums of larger
+    ``E_l``, still hold.  Computing them would only resolve rounding errors, and at
+    the highest cost (every block near-exact).  Otherwise ``E_l`` are computed in
+    double precision whatever the input's precision
+    (:func:`fastbfly._errors.split_errors`).  Blocks with a side of at most
     16 get ``σ₁²`` from that side's Gram matrix: closed form for 2, else power
     iteration on the Gram matrix, stopped when the Kato–Temple inequality proves
     ``σ₁²`` within ``1e-9`` of the block's error, or ``eigvalsh`` when that proof
@@ -437,15 +479,21 @@ def certify(matrix, B: Butterfly) -> Certificate:
     whose best rank-one error is below 70 % of their norm); for the other blocks the
     rule is the geometric-tail estimate of the factorization, not a proof (in the
     tests, Gaussian matrices: within ``1e-7``).  The start changes the work, not the
-    answer: a poor ``B`` only costs more steps.  Where ``‖M‖² − σ₁²`` would cancel the error
-    is recomputed from the singular pair, so the certificate of an exact product is
-    at rounding level, where the bounds hold only up to rounding: for the exact DFT at
-    N = 1024, ``lower_bound`` is ``~1e-15 ‖matrix‖`` and so is ``actual_error``.
-    ``actual_error`` is measured in one pass over the matrix, each entry of ``B``'s
-    product formed in double precision from two fused factors (``X_1⋯X_h`` and
-    ``X_{h+1}⋯X_L``, multiplied in ``B``'s precision).
+    answer: a poor ``B`` only costs more steps.  Where ``‖M‖² − σ₁²`` would cancel
+    (a near-exact block, error below ``~3e-3`` of its norm) the error is that of the
+    top singular pair, computed directly from the block: an upper bound of the
+    block's best error (but for rounding), above it by the rounding of that pair
+    (``~1e-15`` of the block's norm; the Gram matrix's top eigenvector, or the power
+    iteration's vector).  So the certificate of a single-precision exact product
+    (which ``B`` fits only to ``~1e-7``) is computed, at rounding level: for the
+    exact complex64 DFT at N = 4096, ``lower_bound`` is ``1.8e-8 ‖matrix‖`` and
+    ``actual_error`` ``4.4e-7 ‖matrix‖``.
 
-    **Cost.**  Each ``E_l`` is an exact two-factor problem of its own, but the
+    **Cost.**  ``actual_error`` is one pass over the matrix, plus one gather when
+    ``B`` has permutations; when ``B`` fits to rounding that is all (the exact DFT:
+    certify costs 1.0-1.1 and 1.4-1.5 factorizations at N = 1024 and 4096, the
+    bit-reversal gather included).  Otherwise each ``E_l`` is an exact two-factor problem of its
+    own, but the
     splits share memory traffic and, at the ends of the chain, arithmetic.  A tile
     of the matrix (rows ``i·m/R + r`` for ``i < R``, consecutive columns) holds whole
     blocks of several consecutive rank-one splits at once (``R`` rows per block of
@@ -458,16 +506,19 @@ def certify(matrix, B: Butterfly) -> Certificate:
     blocks of split ``l`` cut to fewer columns), so the Gram matrices of the splits
     with 2 to 8 rows are sums of those of the 16-row split, and the same for columns:
     at N = 4096 only splits 4 and 8 form Gram matrices from the data, and only 5, 6
-    and 7 run power iteration.  Plus one pass for ``actual_error``, and one gather
-    when ``B`` has permutations.  The only factor values built for the ``E_l`` are
+    and 7 run power iteration.  The only factor values built for the ``E_l`` are
     the start vectors (``B`` fused on the cheaper side of each split, at most
     ``~N^1.5`` values).  A balanced factorization costs about two passes (its root
-    split and the much smaller nodes below).  Measured on a quiet 2-core machine
-    (``docs/certificate.md``, ``python benchmarks/certificate_bounds.py
-    --cost-only``): certify costs 2.1-2.2 factorizations of a noisy DFT at N = 1024
-    and 3.3 at N = 4096; 3.7 and 8.3 for the exact DFT, whose near-exact blocks get
-    their errors recomputed from the top singular pair (two or three more reads of
-    each) while its factorization is the cheapest of all.
+    split and the much smaller nodes below).  Measured on a 2-core machine shared
+    with other jobs (``docs/certificate.md``, ``python
+    benchmarks/certificate_bounds.py --cost-only``): certify costs 1.5-2.6
+    factorizations of a noisy DFT at N = 1024 and 3.0-3.5 at N = 4096 (wall and CPU
+    time, two runs).  Near-exact
+    blocks cost more: their errors are read from the block once more (twice for
+    those solved by power iteration), so for the exact complex64 DFT at N = 4096
+    (one thread) certify takes 0.56 s against 0.43 s for the noisy complex128 DFT:
+    8.8 factorizations of that exact DFT (the cheapest of all, 65 ms; 3.8 for the
+    noisy one).
     Memory: one copy of the matrix when ``B`` has a row or column permutation or zero
     padding, none otherwise.
 
@@ -527,24 +578,30 @@ def certify(matrix, B: Butterfly) -> Certificate:
     # (M, N) = padded matrix[row_perm][:, perm]; the padding's entries count as "outside"
     target, row_inside, column_inside = _target(matrix, B)
     values = [f.values for f in B.factors]
-    # B's own blocks (exactly rank one) start the power iterations near their answer
-    # NaN and Inf are not looked for up front (a pass of its own): the passes below
-    # detect them, the split errors by raising, the product's by a norm that is not finite
-    try:
-        errors = _errors.split_errors(target, chain, values=values) if len(chain) > 1 else np.empty(0)
-    except ValueError:
-        if np.all(np.isfinite(target)):
-            raise
-        errors = None
-    split_seconds = time.perf_counter() - started
+    gather_seconds = time.perf_counter() - started
 
+    # The product first: NaN and Inf are not looked for up front (a pass of its own),
+    # the product's pass finds them (a norm that is not finite).
     started = time.perf_counter()
-    if errors is not None:
-        norm, actual, padded = _errors.product_errors(
-            target, chain, values, None, row_inside, column_inside)
-    if errors is None or not math.isfinite(norm):
+    norm, actual, padded = _errors.product_errors(
+        target, chain, values, None, row_inside, column_inside)
+    if not math.isfinite(norm):
         _raise_not_finite(matrix)
     product_seconds = time.perf_counter() - started
+
+    started = time.perf_counter()
+    # B fits to rounding: its own error bounds every E_l from above, to within rounding
+    # (B is a two-factor product at every split); computing them would only resolve
+    # rounding errors, at the price of their near-exact blocks (2-8 times the noisy
+    # matrices' cost, measured at N = 4096).
+    fit = EXACT_FIT[np.dtype(matrix.dtype.char.lower())]
+    bounded = len(chain) > 1 and padded <= fit * norm
+    if bounded:
+        errors = np.full(len(chain) - 1, padded)
+    else:
+        # B's own blocks (exactly rank one) start the power iterations near their answer
+        errors = _errors.split_errors(target, chain, values=values) if len(chain) > 1 else np.empty(0)
+    split_seconds = gather_seconds + time.perf_counter() - started
     return Certificate(
         chain=chain,
         split_errors=tuple(float(e) for e in errors),
@@ -555,6 +612,7 @@ def certify(matrix, B: Butterfly) -> Certificate:
         orthonormalize=B.info.get("orthonormalize"),
         split_seconds=split_seconds,
         product_seconds=product_seconds,
+        split_errors_bounded=bool(bounded),
     )
 
 

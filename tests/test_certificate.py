@@ -547,6 +547,10 @@ WARM_CHAINS = {
     "256x1024": fastbfly.Chain.auto(256, 1024, 3),  # 64 x 16 blocks at split 2
     "1024x256": fastbfly.Chain.auto(1024, 256, 3),  # 64 x 16 blocks, 16 column groups
     "512x256 L=2": fastbfly.Chain.auto(512, 256, 2),  # 16 x 32 blocks
+    # blocks with both sides above GRAM_SIDE: power iteration, started from the left
+    # (32 x 32 blocks) and from the right (64 x 32) singular vectors of B's blocks
+    "1024x1024 L=2": fastbfly.Chain.auto(1024, 1024, 2),
+    "1024x512 tall": fastbfly.Chain([(1, 64, 16, 16), (16, 16, 32, 1)]),
 }
 
 
@@ -614,7 +618,13 @@ def test_warm_started_blocks_match_lapack(rng, chain_name, dtype, level):
         assert np.all(np.array(errors) <= floor * np.linalg.norm(Z))
         np.testing.assert_allclose(errors, exact, rtol=1e-6, atol=floor * np.linalg.norm(Z))
     cert = certify(Z, B)
-    np.testing.assert_allclose(cert.split_errors, errors, rtol=1e-12, atol=1e-300)
+    if cert.split_errors_bounded:  # B fits an exact product to rounding
+        assert level == 0
+        assert cert.split_errors == (cert.padded_error,) * (len(chain) - 1)
+        rounding = 1e-14 if dtype in (np.float64, np.complex128) else 16 * np.finfo(np.float32).eps
+        assert np.all(np.array(exact) <= cert.padded_error + rounding * cert.norm)
+    else:
+        np.testing.assert_allclose(cert.split_errors, errors, rtol=1e-12, atol=1e-300)
 
 
 def _split_sides(chain, split_at):
@@ -666,3 +676,112 @@ def test_split_errors_of_a_noisy_dft_match_lapack_at_every_noise_level(rng, n, l
     Z = noisy(rng, np.fft.fft(np.eye(n)), level)
     exact = [svd_split_error(Z, chain, perm, l) for l in range(1, len(chain))]
     np.testing.assert_allclose(split_errors(Z, chain, perm), exact, rtol=1e-9)
+
+
+# ------------------------------------------- exact products: B fits to rounding, or does not
+EXACT_CHAINS = {
+    "dyadic32": CHAINS["dyadic32"],
+    "12x30": CHAINS["12x30"],
+    "24x8": CHAINS["24x8"],
+    "rank2": CHAINS["rank2"],
+    "1024x512 tall": WARM_CHAINS["1024x512 tall"],  # power iteration (64 x 32 blocks)
+}
+
+
+def lapack_split_errors(Z, chain, perm=None):
+    double = Z.astype(np.complex128 if Z.dtype.kind == "c" else np.float64)
+    perm = np.arange(chain.shape[1]) if perm is None else perm
+    return np.array([svd_split_error(double, chain, perm, l) for l in range(1, len(chain))])
+
+
+@pytest.mark.parametrize("chain_name", list(EXACT_CHAINS))
+@pytest.mark.parametrize("dtype", [np.float32, np.float64, np.complex64, np.complex128])
+def test_exact_products_are_certified_to_rounding(rng, chain_name, dtype):
+    from fastbfly.certificate import EXACT_FIT
+
+    chain = EXACT_CHAINS[chain_name]
+    dtype = np.dtype(dtype)
+    Z = product(rng, chain, dtype)
+    perm = rng.permutation(chain.shape[1])
+    Z = Z[:, np.argsort(perm)]  # a butterfly after the column permutation perm
+    cert = certify(Z, fastbfly.factorize(Z, chain=chain, perm=perm))
+    exact = lapack_split_errors(Z, chain, perm)
+    E = np.array(cert.split_errors)
+    norm = np.linalg.norm(Z.astype(np.complex128))
+    single = dtype in (np.float32, np.complex64)
+    # B (fastbfly's) fits to rounding: the E_l are B's own error, upper bounds within
+    # EXACT_FIT of the norm (2**-43 in double, 2**-19 = 16 ε in single precision, where
+    # B's product itself is rounded: up to that)
+    fit = EXACT_FIT[np.dtype(dtype.char.lower())]
+    assert fit == (2.0 ** -19 if single else 2.0 ** -43)
+    assert cert.split_errors_bounded
+    assert np.all(E == cert.padded_error) and cert.padded_error <= fit * norm
+    assert cert.lower_bound == cert.actual_error and cert.ratio == 1.0
+    rounding = (16 * np.finfo(dtype).eps if single else 64 * np.finfo(np.float64).eps) * norm
+    assert np.all(exact <= E + rounding)  # upper bounds
+    assert "E_l not computed" in str(cert)
+    floor = 1e-6 if single else 1e-13
+    assert cert.relative_lower_bound < floor and cert.relative_actual_error < 10 * floor
+    assert cert.lower_bound <= cert.actual_error * (1 + SLACK) + 1e-15 * norm
+    # The upper bounds hold for exact arithmetic: B's own rounding (its values in single
+    # precision, ~1e-7 here) is not in them, so they hold up to that
+    rounding = 16 * np.finfo(dtype).eps * norm if single else 0.0
+    for upper in (cert.upper_bound, cert.mirrored_upper_bound, cert.proven_upper_bound):
+        if upper is not None:
+            assert upper >= cert.actual_error - rounding
+
+
+@pytest.mark.parametrize("chain_name", list(EXACT_CHAINS))
+@pytest.mark.parametrize("dtype", [np.float64, np.complex128])
+@pytest.mark.parametrize("butterfly", ["random", "perturbed"])
+def test_a_poor_butterfly_on_an_exact_product_gets_computed_split_errors(rng, chain_name, dtype,
+                                                                         butterfly):
+    # B far from the matrix (random factors), or near it but not to rounding (its
+    # factors perturbed by 1e-9): its error bounds nothing useful, so every E_l is
+    # computed, each block's near-exact error from its own top singular pair
+    chain = EXACT_CHAINS[chain_name]
+    Z = product(rng, chain, np.dtype(dtype))
+    norm = np.linalg.norm(Z)
+    if butterfly == "random":
+        B = fastbfly.Butterfly(random_factors(rng, chain, np.dtype(dtype)))
+    else:
+        fitted = fastbfly.factorize(Z, chain=chain)
+        B = fastbfly.Butterfly([fastbfly.Factor(f.pattern, f.values * (1 + 1e-9 * rng.standard_normal(f.values.shape)))
+                                for f in fitted.factors])
+    cert = certify(Z, B)
+    assert not cert.split_errors_bounded and cert.relative_actual_error > 1e-11
+    exact = lapack_split_errors(Z, chain)
+    # the exact E_l are rounding errors themselves (LAPACK's: ~1e-15 of the norm)
+    assert np.all(np.array(cert.split_errors) < 1e-13 * norm)
+    np.testing.assert_allclose(cert.split_errors, exact, rtol=0, atol=1e-14 * norm)
+    assert cert.lower_bound <= cert.actual_error
+
+
+@pytest.mark.parametrize("chain_name", list(EXACT_CHAINS))
+@pytest.mark.parametrize("dtype", [np.float32, np.complex64])
+def test_a_poor_butterfly_on_an_exact_single_precision_product(rng, chain_name, dtype):
+    # a random B bounds nothing: the E_l of the (rounded, so near-exact) single-precision
+    # product are computed, to LAPACK's accuracy
+    chain = EXACT_CHAINS[chain_name]
+    Z = product(rng, chain, np.dtype(dtype))
+    cert = certify(Z, fastbfly.Butterfly(random_factors(rng, chain, np.dtype(dtype))))
+    assert not cert.split_errors_bounded
+    norm = np.linalg.norm(Z.astype(np.complex128))
+    np.testing.assert_allclose(cert.split_errors, lapack_split_errors(Z, chain), rtol=1e-6,
+                               atol=1e-14 * norm)
+
+
+@pytest.mark.parametrize("chain_name", ["dyadic32", "rank2", "1024x512 tall"])
+@pytest.mark.parametrize("dtype", [np.float32, np.complex128])
+def test_near_exact_split_errors_match_lapack_whatever_the_butterfly(rng, chain_name, dtype):
+    # errors of 1e-9 of the norm (near-exact blocks: ``‖M‖² − σ₁²`` cancels) are
+    # computed to LAPACK's accuracy from B's start vectors, good or poor
+    chain = EXACT_CHAINS[chain_name]
+    Z = noisy(rng, product(rng, chain, np.dtype(dtype)), 1e-9 if dtype == np.complex128 else 1e-4)
+    Z = Z.astype(dtype)
+    exact = lapack_split_errors(Z, chain)
+    for B in (fastbfly.factorize(Z, chain=chain),
+              fastbfly.Butterfly(random_factors(rng, chain, np.dtype(dtype)))):
+        cert = certify(Z, B)
+        assert not cert.split_errors_bounded
+        np.testing.assert_allclose(cert.split_errors, exact, rtol=1e-6)
