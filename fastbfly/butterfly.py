@@ -681,15 +681,13 @@ class Butterfly:
         vector kernel.  A block of vectors: the column-tile kernels
         (``_kernels.apply_pairs_tiles``; tiles of up to 64 columns, complex data split
         into real and imaginary planes, factors applied in place two at a time), and
-        with several threads once the work pays for a parallel region: one tile per
-        thread at least, the threads sharing the tiles.  Narrower tiles cost more
-        set-up per row group (two tiles of 32 columns: 3.0 ms of CPU against 2.2 ms for
-        one of 64, DFT N = 4096, 64 complex128 vectors), which caps the gain of two
-        threads on blocks of 64 columns near 1.45×.  At N = 16384 the input, the tiles
-        and the output (16 MB each for 64 complex128 columns) no longer fit the 32 MB L3
-        together: loading, two factors and storing alone took 7.5 of the 16.7 ms of a
-        whole unfused product (one thread, CPU time, loaded machine), so the product is
-        bound by memory traffic and a second thread adds little."""
+        with several threads once the work pays for a parallel region.  The threads
+        share the tiles when there is at least one 64-column tile each; else (64
+        vectors on two threads, say) they share the rows of every pass of one
+        full-width tile: two tiles of 32 columns cost more set-up per row group (3.0
+        against 2.2 ms of CPU, DFT N = 4096, 64 complex128 vectors), which held two
+        threads to 1.09-1.33× over one, where the row slices give 1.84-1.86× at
+        N = 4096 and 16384 (docs/performance.md)."""
         real_on_complex = out_dtype.kind == "c" and self.dtype.kind == "f"
         # Real factors on complex data: real and imaginary parts are two real columns
         # each (a free view) instead of casting every factor to complex.
