@@ -427,24 +427,14 @@ def _power_sigma2(M, rows, cols, row_norm2, norm2, u, v, w, tol, warm, first):
             # matrix), stopping as soon as ``σ₁²`` is known to rounding left ``u``
             # off by ``~σ₂/σ₁`` and the error up to several times too large.
             done = 2.0 * rho > norm2 and quotient - rho <= RESIDUAL_TOL * (2.0 * rho - norm2)
-            if done:
-                if not left:  # u = M w / ‖M w‖
-                    inv = 1.0 / math.sqrt(quotient)
-                    for j in range(rows):
-                        u[j] *= inv
-                return estimate, left
-            estimate_old = estimate
-            increase_old = increase
-            rho = quotient
-            left = not left
-            continue
-        done = increase <= tol * estimate
-        if not done and 2.0 * rho > norm2:
-            temple = rho * max(quotient - rho, 0.0) / (2.0 * rho - norm2)
-            done = temple - (estimate - rho) <= RESIDUAL_TOL * error2
-        elif not done and increase_old > 0.0 and increase < increase_old:
-            ratio = increase / increase_old
-            done = increase * ratio / (1.0 - ratio) <= RESIDUAL_TOL * error2
+        else:
+            done = increase <= tol * estimate
+            if not done and 2.0 * rho > norm2:
+                temple = rho * max(quotient - rho, 0.0) / (2.0 * rho - norm2)
+                done = temple - (estimate - rho) <= RESIDUAL_TOL * error2
+            elif not done and increase_old > 0.0 and increase < increase_old:
+                ratio = increase / increase_old
+                done = increase * ratio / (1.0 - ratio) <= RESIDUAL_TOL * error2
         if done:
             if not left:  # u = M w / ‖M w‖
                 inv = 1.0 / math.sqrt(quotient)

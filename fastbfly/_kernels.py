@@ -1409,6 +1409,30 @@ def _top_subspace(G, p, r, norm2, Q, Z, diag, tol):
     return sigma2
 
 
+@_kernel(inline="always")
+def _jacobi_rotation(alpha, beta, gamma, g):
+    """The rotation that zeroes ``γ`` (``g = |γ| > 0``) in the Hermitian 2 × 2 form
+    ``[[α, γ], [conj(γ), β]]``: row ``l`` is multiplied by ``phase = conj(γ/|γ|)``,
+    which makes ``γ`` real, then the pair is turned by the real rotation ``(c, s)``,
+    ``tan θ`` the small root of ``t² + 2ζt − 1 = 0``, ``ζ = (β − α) / 2|γ|``."""
+    phase = np.conj(gamma / g)
+    zeta = (beta - alpha) / (2.0 * g)
+    t = math.copysign(1.0, zeta) / (abs(zeta) + math.sqrt(1.0 + zeta * zeta))
+    c = 1.0 / math.sqrt(1.0 + t * t)
+    return phase, c, c * t
+
+
+@_kernel(inline="always")
+def _rotate_rows(A, k, l, n, phase, c, s):
+    """Rows ``k`` and ``l`` of ``A`` (first ``n`` entries) by `_jacobi_rotation`'s
+    ``(phase, c, s)``, in place."""
+    for j in range(n):
+        a_k = A[k, j]
+        a_l = A[l, j] * phase
+        A[k, j] = c * a_k - s * a_l
+        A[l, j] = s * a_k + c * a_l
+
+
 @_kernel()
 def _rotate_pairs(X, Y, n, r, floor):
     """Rotate the rows of ``X`` and ``Y`` (length ``n``) by one unitary ``J`` (as
@@ -1433,20 +1457,9 @@ def _rotate_pairs(X, Y, n, r, floor):
                 if g <= floor or g <= JACOBI_TOL * math.sqrt(abs(alpha * beta)):
                     continue
                 rotated = True
-                phase = np.conj(gamma / g)
-                zeta = (beta - alpha) / (2.0 * g)
-                t = math.copysign(1.0, zeta) / (abs(zeta) + math.sqrt(1.0 + zeta * zeta))
-                c = 1.0 / math.sqrt(1.0 + t * t)
-                s = c * t
-                for j in range(n):
-                    x_k = X[k, j]
-                    x_l = X[l, j] * phase
-                    X[k, j] = c * x_k - s * x_l
-                    X[l, j] = s * x_k + c * x_l
-                    y_k = Y[k, j]
-                    y_l = Y[l, j] * phase
-                    Y[k, j] = c * y_k - s * y_l
-                    Y[l, j] = s * y_k + c * y_l
+                phase, c, s = _jacobi_rotation(alpha, beta, gamma, g)
+                _rotate_rows(X, k, l, n, phase, c, s)
+                _rotate_rows(Y, k, l, n, phase, c, s)
         if not rotated:
             break
 
@@ -1517,23 +1530,9 @@ def _jacobi_rows(Y, p, V, q, r, sigma):
                 if g == 0.0 or g <= JACOBI_TOL * math.sqrt(alpha * beta):
                     continue
                 rotated = True
-                # y_l ← y_l·conj(γ/|γ|) makes γ real; then a real rotation zeroes it:
-                # tan θ is the small root of t² + 2ζt − 1 = 0, ζ = (β − α) / 2|γ|.
-                phase = np.conj(gamma / g)
-                zeta = (beta - alpha) / (2.0 * g)
-                t = math.copysign(1.0, zeta) / (abs(zeta) + math.sqrt(1.0 + zeta * zeta))
-                c = 1.0 / math.sqrt(1.0 + t * t)
-                s = c * t
-                for j in range(p):
-                    y_k = Y[k, j]
-                    y_l = Y[l, j] * phase
-                    Y[k, j] = c * y_k - s * y_l
-                    Y[l, j] = s * y_k + c * y_l
-                for j in range(q):
-                    v_k = V[k, j]
-                    v_l = V[l, j] * phase
-                    V[k, j] = c * v_k - s * v_l
-                    V[l, j] = s * v_k + c * v_l
+                phase, c, s = _jacobi_rotation(alpha, beta, gamma, g)
+                _rotate_rows(Y, k, l, p, phase, c, s)
+                _rotate_rows(V, k, l, q, phase, c, s)
         if not rotated:
             break
     for rho in range(r):

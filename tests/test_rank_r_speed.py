@@ -71,14 +71,17 @@ def test_other_trees_measure_the_error(tree, rng):
     assert B.info["relative_error"] == pytest.approx(dense_error(B, Z), rel=1e-12)
 
 
-def run_rank_r(node, b1, c1, rank, sigma_power, batch=None):
+def run_rank_r(node, b1, c1, rank, sigma_power, batch=None, columns=None):
+    """Run the serial rank-r split kernel; ``(left, right, norm2, residual2)``."""
     a, big_b, big_c, d = node.shape
     b2, c2 = big_b // b1, big_c // c1
     left = np.full((a, b1, c1 * rank, b2 * d), np.nan, dtype=node.dtype)
     right = np.full((a * c1, rank * b2, c2, d), np.nan, dtype=node.dtype)
     sums = [np.zeros(1), np.zeros(1), np.zeros(1, dtype=np.int64), np.zeros(1, dtype=np.int64)]
     work = np.zeros(1, dtype=np.complex128 if node.dtype.kind == "c" else np.float64)
-    _kernels.split_rank_r_serial(node, np.arange(big_c, dtype=np.int64), b1, c1, rank,
+    if columns is None:
+        columns = np.arange(big_c, dtype=np.int64)
+    _kernels.split_rank_r_serial(node, columns, b1, c1, rank,
                                  d if batch is None else batch, left, right, sigma_power,
                                  8.0 * np.finfo(np.float64).eps, work, 1, *sums)
     norm2, residual2, exponent, bad = (s[0] for s in sums)

@@ -12,26 +12,9 @@ import pytest
 from fastbfly import _kernels
 
 from conftest import dtype_id
-from test_rank_r_speed import blocks, random_array
+from test_rank_r_speed import blocks, random_array, run_rank_r
 
 TOL = 8.0 * np.finfo(np.float64).eps
-
-
-def split(node, b1, c1, rank, sigma_power, columns=None):
-    """Run the serial rank-r split kernel; ``(left, right, norm2, residual2)``."""
-    a, big_b, big_c, d = node.shape
-    b2, c2 = big_b // b1, big_c // c1
-    left = np.full((a, b1, c1 * rank, b2 * d), np.nan, dtype=node.dtype)
-    right = np.full((a * c1, rank * b2, c2, d), np.nan, dtype=node.dtype)
-    sums = [np.zeros(1), np.zeros(1), np.zeros(1, dtype=np.int64), np.zeros(1, dtype=np.int64)]
-    work = np.zeros(1, dtype=np.complex128 if node.dtype.kind == "c" else np.float64)
-    if columns is None:
-        columns = np.arange(big_c, dtype=np.int64)
-    _kernels.split_rank_r_serial(node, columns, b1, c1, rank, d, left, right, sigma_power,
-                                 TOL, work, 1, *sums)
-    norm2, residual2, exponent, bad = (s[0] for s in sums)
-    assert bad == 0
-    return left, right, norm2 * 4.0**exponent, residual2 * 4.0**exponent
 
 
 def low_rank_node(rng, shape, b1, c1, rank, noise, dtype, spread=1.0):
@@ -69,7 +52,7 @@ def test_noisy_wide_blocks_match_the_svd(shape, b1, c1, rank, noise, dtype, rng)
     subspace iteration stops at an estimated 1e-9: single blocks exceed it by a little),
     the right rows' norms the singular values, in decreasing order."""
     node = low_rank_node(rng, shape, b1, c1, rank, noise, dtype)
-    left, right, norm2, residual2 = split(node, b1, c1, rank, 0.0)
+    left, right, norm2, residual2 = run_rank_r(node, b1, c1, rank, 0.0)
     total = 0.0
     for M, U, R in blocks(node, left, right, b1, c1, rank):
         scale = np.linalg.norm(M)
@@ -105,7 +88,7 @@ def test_exact_and_nearly_exact_blocks_keep_svd_accuracy(shape, b1, c1, rank, no
     as the bound of ``test_orthonormal_leaf_blocks_are_left_projections``)."""
     assert _kernels.UNREFINED == 1e-6
     node = low_rank_node(rng, shape, b1, c1, rank, noise, dtype, spread=5.0)
-    left, right, _, _ = split(node, b1, c1, rank, 0.0)
+    left, right, _, _ = run_rank_r(node, b1, c1, rank, 0.0)
     for M, U, R in blocks(node, left, right, b1, c1, rank):
         scale = np.linalg.norm(M)
         optimal = np.sum(np.linalg.svd(M, compute_uv=False)[rank:] ** 2)
@@ -127,8 +110,8 @@ def test_in_order_gather_matches_permuted_gather(shape, b1, c1, rank, sigma_powe
     permutation = rng.permutation(shape[2]).astype(np.int64)
     permuted = np.empty_like(node)
     permuted[:, :, permutation, :] = node  # column c of the blocks is permuted[..., π[c], :]
-    expected = split(node, b1, c1, rank, sigma_power)
-    got = split(permuted, b1, c1, rank, sigma_power, columns=permutation)
+    expected = run_rank_r(node, b1, c1, rank, sigma_power)
+    got = run_rank_r(permuted, b1, c1, rank, sigma_power, columns=permutation)
     for e, g in zip(expected[:2], got[:2]):
         np.testing.assert_array_equal(g, e)
     assert got[2:] == expected[2:]
