@@ -137,7 +137,7 @@ def test_which_passes_keep_row_slices():
     them while its blocks of ``2 d`` rows fit a slice (d <= 16), two fused factors while
     blocks of ``4 lo`` rows do."""
     steps = np.array([(64 // (2 * d), d, 0) for d in (1, 2, 4, 8, 16, 32)], dtype=np.int64)
-    keeps = _kernels._pass_keeps_row_slices.py_func
+    keeps = getattr(_kernels._pass_keeps_row_slices, "py_func", _kernels._pass_keeps_row_slices)
     single = [keeps(_kernels._PAIRS2, s, steps, 64, 2) for s in range(6)]
     assert single == [True, True, True, True, True, False]
     fused = [keeps(_kernels._PAIRS4, s, steps, 64, 2) for s in range(5)]
