@@ -13,7 +13,7 @@ import os as _os
 # processes (or another library's thread pool) share the cores it takes their time:
 # 64 complex128 vectors at N = 4096 on 2 cores with one other busy process took 8-12 ms
 # per product with spinning, 1.0-2.9 ms with passive waiting, and 2.0-2.7 ms on one
-# thread (docs/performance.md).  A value set by the user wins; it takes effect only when
+# thread (docs/installation.rst, "Threads").  A value set by the user wins; it takes effect only when
 # no OpenMP runtime has started in this process yet (libgomp reads it when it loads).
 _os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
