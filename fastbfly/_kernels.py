@@ -2529,11 +2529,33 @@ def _cpair(pr, pi, qr, qi, ar, ai, br, bi):
 
 
 @_kernel(inline="always")
-def _tile_pair(packed, v, tile, r0, r1, w):
+def _cunit(qr, qi, ar, ai, br, bi):
+    """``a + q b`` on split complex numbers (a row of a unit-pivot block)."""
+    return ar + qr * br - qi * bi, ai + qr * bi + qi * br
+
+
+@_kernel(inline="always")
+def _tile_pair(packed, v, unit, tile, r0, r1, w):
     """Rows ``r0``, ``r1`` of the tile times the 2 × 2 block at ``packed[v:v + 4]``, in
-    place.  (For real data ``.real`` is a no-op; the complex branch is never taken.)"""
+    place; with ``unit`` its left column holds ones (`unit_pivot_plan`), which are not
+    multiplied.  (For real data ``.real`` is a no-op; the complex branch is never
+    taken.)"""
     p, q, r, s = packed[v], packed[v + 1], packed[v + 2], packed[v + 3]
-    if tile.shape[1] == 2:
+    if unit and tile.shape[1] == 2:
+        qr, qi, sr, si = q.real, q.imag, s.real, s.imag
+        for c in range(w):
+            ar, ai = tile[r0, 0, c], tile[r0, 1, c]
+            br, bi = tile[r1, 0, c], tile[r1, 1, c]
+            tile[r0, 0, c], tile[r0, 1, c] = _cunit(qr, qi, ar, ai, br, bi)
+            tile[r1, 0, c], tile[r1, 1, c] = _cunit(sr, si, ar, ai, br, bi)
+    elif unit:
+        qr, sr = q.real, s.real
+        for c in range(w):
+            a = tile[r0, 0, c]
+            b = tile[r1, 0, c]
+            tile[r0, 0, c] = a + qr * b
+            tile[r1, 0, c] = a + sr * b
+    elif tile.shape[1] == 2:
         pr, pi, qr, qi = p.real, p.imag, q.real, q.imag
         rr, ri, sr, si = r.real, r.imag, s.real, s.imag
         for c in range(w):
@@ -2558,7 +2580,7 @@ def _first_item(start, period):
 
 
 @_kernel(fastmath={"contract"})
-def _tile_first(packed, d, offset, x, gather, c0, w, tile, start, stop):
+def _tile_first(packed, d, offset, unit, x, gather, c0, w, tile, start, stop):
     """Load the tile rows of pairs ``start .. stop`` (pair ``i d + t`` is rows
     ``2 i d + t`` and ``+ d``) from ``x[gather]``, columns ``c0 .. c0 + w``, and apply
     the first factor to them.  Pair by pair, so the rows are still in L1 for the
@@ -2570,7 +2592,7 @@ def _tile_first(packed, d, offset, x, gather, c0, w, tile, start, stop):
         r1 = r0 + d
         _tile_load_row(x, gather[r0] if gather.shape[0] > 0 else r0, c0, w, tile, r0)
         _tile_load_row(x, gather[r1] if gather.shape[0] > 0 else r1, c0, w, tile, r1)
-        _tile_pair(packed, offset + 4 * (i * d + t), tile, r0, r1, w)
+        _tile_pair(packed, offset + 4 * (i * d + t), unit, tile, r0, r1, w)
         t += 1
         if t == d:
             t = 0
@@ -2578,14 +2600,14 @@ def _tile_first(packed, d, offset, x, gather, c0, w, tile, start, stop):
 
 
 @_kernel(fastmath={"contract"})
-def _tile_last(packed, d, offset, tile, w, out, scatter, c0, start, stop):
+def _tile_last(packed, d, offset, unit, tile, w, out, scatter, c0, start, stop):
     """Apply the last factor to pairs ``start .. stop`` and store their rows into
     ``out`` (scattered)."""
     i, t = _first_item(start, d)
     for _ in range(start, stop):
         r0 = 2 * i * d + t
         r1 = r0 + d
-        _tile_pair(packed, offset + 4 * (i * d + t), tile, r0, r1, w)
+        _tile_pair(packed, offset + 4 * (i * d + t), unit, tile, r0, r1, w)
         _tile_store_row(tile, r0, w, out, scatter[r0] if scatter.shape[0] > 0 else r0, c0)
         _tile_store_row(tile, r1, w, out, scatter[r1] if scatter.shape[0] > 0 else r1, c0)
         t += 1
@@ -2602,12 +2624,12 @@ def _tile_store(tile, w, out, scatter, c0, start, stop):
 
 
 @_kernel(fastmath={"contract"})
-def _tile_pairs2(packed, d, offset, tile, w, start, stop):
+def _tile_pairs2(packed, d, offset, unit, tile, w, start, stop):
     """One factor on pairs ``start .. stop`` of the tile, in place."""
     i, t = _first_item(start, d)
     for _ in range(start, stop):
         r0 = 2 * i * d + t
-        _tile_pair(packed, offset + 4 * (i * d + t), tile, r0, r0 + d, w)
+        _tile_pair(packed, offset + 4 * (i * d + t), unit, tile, r0, r0 + d, w)
         t += 1
         if t == d:
             t = 0
@@ -2615,18 +2637,52 @@ def _tile_pairs2(packed, d, offset, tile, w, start, stop):
 
 
 @_kernel(inline="always")
-def _tile_quad(packed, v1, v2, lo, tile, r0, r1, r2, r3, w):
+def _tile_quad(packed, v1, v2, lo, unit1, unit2, tile, r0, r1, r2, r3, w):
     """Rows ``r0 .. r3`` of the tile through two factors in place: first the blocks at
     ``v1`` (rows ``r0, r1``) and ``v1 + 4 lo`` (rows ``r2, r3``), then those at ``v2``
     (rows ``r0, r2``) and ``v2 + 4 lo`` (rows ``r1, r3``).  Each row is loaded and
-    stored once."""
+    stored once.  ``unit1`` / ``unit2``: the factor's left columns hold ones
+    (`_tile_pair`); a unit second factor after a full first one is applied in full
+    (the ones multiplied: a rare mix not worth a fourth loop)."""
     a00, a01, a10, a11 = packed[v1], packed[v1 + 1], packed[v1 + 2], packed[v1 + 3]
     v = v1 + 4 * lo
     b00, b01, b10, b11 = packed[v], packed[v + 1], packed[v + 2], packed[v + 3]
     c00, c01, c10, c11 = packed[v2], packed[v2 + 1], packed[v2 + 2], packed[v2 + 3]
     v = v2 + 4 * lo
     e00, e01, e10, e11 = packed[v], packed[v + 1], packed[v + 2], packed[v + 3]
-    if tile.shape[1] == 2:
+    if tile.shape[1] == 2 and unit1 and unit2:
+        for c in range(w):
+            x0r, x0i = tile[r0, 0, c], tile[r0, 1, c]
+            x1r, x1i = tile[r1, 0, c], tile[r1, 1, c]
+            x2r, x2i = tile[r2, 0, c], tile[r2, 1, c]
+            x3r, x3i = tile[r3, 0, c], tile[r3, 1, c]
+            y0r, y0i = _cunit(a01.real, a01.imag, x0r, x0i, x1r, x1i)
+            y1r, y1i = _cunit(a11.real, a11.imag, x0r, x0i, x1r, x1i)
+            y2r, y2i = _cunit(b01.real, b01.imag, x2r, x2i, x3r, x3i)
+            y3r, y3i = _cunit(b11.real, b11.imag, x2r, x2i, x3r, x3i)
+            tile[r0, 0, c], tile[r0, 1, c] = _cunit(c01.real, c01.imag, y0r, y0i, y2r, y2i)
+            tile[r2, 0, c], tile[r2, 1, c] = _cunit(c11.real, c11.imag, y0r, y0i, y2r, y2i)
+            tile[r1, 0, c], tile[r1, 1, c] = _cunit(e01.real, e01.imag, y1r, y1i, y3r, y3i)
+            tile[r3, 0, c], tile[r3, 1, c] = _cunit(e11.real, e11.imag, y1r, y1i, y3r, y3i)
+    elif tile.shape[1] == 2 and unit1:
+        for c in range(w):
+            x0r, x0i = tile[r0, 0, c], tile[r0, 1, c]
+            x1r, x1i = tile[r1, 0, c], tile[r1, 1, c]
+            x2r, x2i = tile[r2, 0, c], tile[r2, 1, c]
+            x3r, x3i = tile[r3, 0, c], tile[r3, 1, c]
+            y0r, y0i = _cunit(a01.real, a01.imag, x0r, x0i, x1r, x1i)
+            y1r, y1i = _cunit(a11.real, a11.imag, x0r, x0i, x1r, x1i)
+            y2r, y2i = _cunit(b01.real, b01.imag, x2r, x2i, x3r, x3i)
+            y3r, y3i = _cunit(b11.real, b11.imag, x2r, x2i, x3r, x3i)
+            tile[r0, 0, c], tile[r0, 1, c] = _cpair(c00.real, c00.imag, c01.real, c01.imag,
+                                                    y0r, y0i, y2r, y2i)
+            tile[r2, 0, c], tile[r2, 1, c] = _cpair(c10.real, c10.imag, c11.real, c11.imag,
+                                                    y0r, y0i, y2r, y2i)
+            tile[r1, 0, c], tile[r1, 1, c] = _cpair(e00.real, e00.imag, e01.real, e01.imag,
+                                                    y1r, y1i, y3r, y3i)
+            tile[r3, 0, c], tile[r3, 1, c] = _cpair(e10.real, e10.imag, e11.real, e11.imag,
+                                                    y1r, y1i, y3r, y3i)
+    elif tile.shape[1] == 2:
         for c in range(w):
             x0r, x0i = tile[r0, 0, c], tile[r0, 1, c]
             x1r, x1i = tile[r1, 0, c], tile[r1, 1, c]
@@ -2644,6 +2700,30 @@ def _tile_quad(packed, v1, v2, lo, tile, r0, r1, r2, r3, w):
                                                     y1r, y1i, y3r, y3i)
             tile[r3, 0, c], tile[r3, 1, c] = _cpair(e10.real, e10.imag, e11.real, e11.imag,
                                                     y1r, y1i, y3r, y3i)
+    elif unit1 and unit2:
+        for c in range(w):
+            x0, x1 = tile[r0, 0, c], tile[r1, 0, c]
+            x2, x3 = tile[r2, 0, c], tile[r3, 0, c]
+            y0 = x0 + a01.real * x1
+            y1 = x0 + a11.real * x1
+            y2 = x2 + b01.real * x3
+            y3 = x2 + b11.real * x3
+            tile[r0, 0, c] = y0 + c01.real * y2
+            tile[r2, 0, c] = y0 + c11.real * y2
+            tile[r1, 0, c] = y1 + e01.real * y3
+            tile[r3, 0, c] = y1 + e11.real * y3
+    elif unit1:
+        for c in range(w):
+            x0, x1 = tile[r0, 0, c], tile[r1, 0, c]
+            x2, x3 = tile[r2, 0, c], tile[r3, 0, c]
+            y0 = x0 + a01.real * x1
+            y1 = x0 + a11.real * x1
+            y2 = x2 + b01.real * x3
+            y3 = x2 + b11.real * x3
+            tile[r0, 0, c] = c00.real * y0 + c01.real * y2
+            tile[r2, 0, c] = c10.real * y0 + c11.real * y2
+            tile[r1, 0, c] = e00.real * y1 + e01.real * y3
+            tile[r3, 0, c] = e10.real * y1 + e11.real * y3
     else:
         for c in range(w):
             x0, x1 = tile[r0, 0, c], tile[r1, 0, c]
@@ -2666,14 +2746,15 @@ def _tile_quad(packed, v1, v2, lo, tile, r0, r1, r2, r3, w):
 
 
 @_kernel(fastmath={"contract"})
-def _tile_pairs4(packed, d1, o1, d2, o2, tile, w, start, stop):
+def _tile_pairs4(packed, d1, o1, d2, o2, unit1, unit2, tile, w, start, stop):
     """Two factors on groups ``start .. stop`` of the tile in one pass, in place."""
     lo = min(d1, d2)
     g, t = _first_item(start, lo)
     for _ in range(start, stop):
         r0 = 4 * g * lo + t
         k = 4 * (2 * g * lo + t)
-        _tile_quad(packed, o1 + k, o2 + k, lo, tile, r0, r0 + d1, r0 + d2, r0 + d1 + d2, w)
+        _tile_quad(packed, o1 + k, o2 + k, lo, unit1, unit2, tile, r0, r0 + d1, r0 + d2,
+                   r0 + d1 + d2, w)
         t += 1
         if t == lo:
             t = 0
@@ -2681,7 +2762,8 @@ def _tile_pairs4(packed, d1, o1, d2, o2, tile, w, start, stop):
 
 
 @_kernel(fastmath={"contract"})
-def _tile_first4(packed, d1, o1, d2, o2, x, gather, c0, w, tile, start, stop):
+def _tile_first4(packed, d1, o1, d2, o2, unit1, unit2, x, gather, c0, w, tile, start,
+                 stop):
     """`_tile_first` for the first two factors at once (groups ``start .. stop``)."""
     lo = min(d1, d2)
     g, t = _first_item(start, lo)
@@ -2695,7 +2777,7 @@ def _tile_first4(packed, d1, o1, d2, o2, x, gather, c0, w, tile, start, stop):
         _tile_load_row(x, gather[r2] if gather.shape[0] > 0 else r2, c0, w, tile, r2)
         _tile_load_row(x, gather[r3] if gather.shape[0] > 0 else r3, c0, w, tile, r3)
         k = 4 * (2 * g * lo + t)
-        _tile_quad(packed, o1 + k, o2 + k, lo, tile, r0, r1, r2, r3, w)
+        _tile_quad(packed, o1 + k, o2 + k, lo, unit1, unit2, tile, r0, r1, r2, r3, w)
         t += 1
         if t == lo:
             t = 0
@@ -2703,7 +2785,8 @@ def _tile_first4(packed, d1, o1, d2, o2, x, gather, c0, w, tile, start, stop):
 
 
 @_kernel(fastmath={"contract"})
-def _tile_last4(packed, d1, o1, d2, o2, tile, w, out, scatter, c0, start, stop):
+def _tile_last4(packed, d1, o1, d2, o2, unit1, unit2, tile, w, out, scatter, c0, start,
+                stop):
     """`_tile_last` for the last two factors at once (groups ``start .. stop``)."""
     lo = min(d1, d2)
     g, t = _first_item(start, lo)
@@ -2713,7 +2796,7 @@ def _tile_last4(packed, d1, o1, d2, o2, tile, w, out, scatter, c0, start, stop):
         r2 = r0 + d2
         r3 = r1 + d2
         k = 4 * (2 * g * lo + t)
-        _tile_quad(packed, o1 + k, o2 + k, lo, tile, r0, r1, r2, r3, w)
+        _tile_quad(packed, o1 + k, o2 + k, lo, unit1, unit2, tile, r0, r1, r2, r3, w)
         _tile_store_row(tile, r0, w, out, scatter[r0] if scatter.shape[0] > 0 else r0, c0)
         _tile_store_row(tile, r1, w, out, scatter[r1] if scatter.shape[0] > 0 else r1, c0)
         _tile_store_row(tile, r2, w, out, scatter[r2] if scatter.shape[0] > 0 else r2, c0)
@@ -2770,6 +2853,8 @@ def _tile_pass(kind, s, packed, steps, gather, scatter, x, out, tile, c0, w, par
     n = tile.shape[0]
     d1 = steps[s, 1]
     o1 = steps[s, 2]
+    # (steps without the unit column: plain blocks)
+    unit1 = steps.shape[1] > 3 and steps[s, 3] != 0
     # pairs (n / 2 per factor), groups of four rows (n / 4) or rows (n) in this share
     if kind == _STORE:
         items = n
@@ -2780,22 +2865,25 @@ def _tile_pass(kind, s, packed, steps, gather, scatter, x, out, tile, c0, w, par
     start = items * part // n_parts
     stop = items * (part + 1) // n_parts
     if kind == _FIRST:
-        _tile_first(packed, d1, o1, x, gather, c0, w, tile, start, stop)
+        _tile_first(packed, d1, o1, unit1, x, gather, c0, w, tile, start, stop)
     elif kind == _PAIRS2:
-        _tile_pairs2(packed, d1, o1, tile, w, start, stop)
+        _tile_pairs2(packed, d1, o1, unit1, tile, w, start, stop)
     elif kind == _LAST:
-        _tile_last(packed, d1, o1, tile, w, out, scatter, c0, start, stop)
+        _tile_last(packed, d1, o1, unit1, tile, w, out, scatter, c0, start, stop)
     elif kind == _STORE:
         _tile_store(tile, w, out, scatter, c0, start, stop)
     else:
         d2 = steps[s + 1, 1]
         o2 = steps[s + 1, 2]
+        unit2 = steps.shape[1] > 3 and steps[s + 1, 3] != 0
         if kind == _FIRST4:
-            _tile_first4(packed, d1, o1, d2, o2, x, gather, c0, w, tile, start, stop)
+            _tile_first4(packed, d1, o1, d2, o2, unit1, unit2, x, gather, c0, w, tile,
+                         start, stop)
         elif kind == _PAIRS4:
-            _tile_pairs4(packed, d1, o1, d2, o2, tile, w, start, stop)
+            _tile_pairs4(packed, d1, o1, d2, o2, unit1, unit2, tile, w, start, stop)
         else:
-            _tile_last4(packed, d1, o1, d2, o2, tile, w, out, scatter, c0, start, stop)
+            _tile_last4(packed, d1, o1, d2, o2, unit1, unit2, tile, w, out, scatter, c0,
+                        start, stop)
 
 
 @_kernel()
@@ -2893,6 +2981,63 @@ def pairs_tiles_scratch(shape: tuple, dtype) -> np.ndarray:
         if buffer.nbytes <= PAIRS_SCRATCH_MAX_BYTES:
             cache[dtype] = buffer
     return buffer[:size].reshape(shape)
+
+
+def unit_pivot_plan(packed, steps, n):
+    """The pair-order plan ``(packed, steps)`` of a chain of ``n × n`` factors rewritten
+    with ones in the left column of every block but the last factor's, where it can be
+    done safely; ``steps`` gains a fourth column, 1 for such unit-pivot factors.
+
+    A block whose left column ``(p, r)`` has no zero is ``diag(p, r) [[1, q/p],
+    [1, s/r]]``, and the diagonal, a scaling of the two outputs, moves into the next
+    factor as a scaling of the two columns that read them: the product is unchanged.
+    Its outputs ``x0 + (q/p) x1`` and ``x0 + (s/r) x1`` then take half the
+    multiply-adds of ``p x0 + q x1`` and ``r x0 + s x1`` (`_tile_pair`, `_tile_quad`):
+    four FMAs per complex pair instead of eight, the FFT's count of arithmetic.  The
+    rounding bound is the same: the error of ``x0 + (q/p) x1`` is ``eps (|x0| +
+    |(q/p) x1|)``, and times ``p`` that is the bound of ``p x0 + q x1``.
+
+    A factor with a zero (or non-finite) pivot, or whose ratios overflow, is left as it
+    is and passes no diagonal on.  The carried scales are products of pivots along the
+    chain; if one would leave the normal range (overflow, or an underflow that loses
+    digits) the whole plan is returned unchanged.  ``packed`` is not modified.
+    """
+    steps4 = np.zeros((steps.shape[0], 4), dtype=np.int64)
+    steps4[:, :3] = steps[:, :3]
+    unchanged = (packed, steps4.copy())
+    out = packed.copy()
+    tiny = np.finfo(packed.dtype).tiny
+    carried = None  # the diagonal owed to the next factor's inputs (None: identity)
+    for s in range(steps.shape[0]):
+        a, d, offset = int(steps[s, 0]), int(steps[s, 1]), int(steps[s, 2])
+        if 2 * a * d != n:
+            return unchanged
+        # (i, t, row, column): column k of block (i, t) reads input 2 i d + k d + t,
+        # row j writes output 2 i d + j d + t.
+        blocks = out[offset:offset + 4 * a * d].reshape(a, d, 2, 2)
+        if carried is not None:
+            with np.errstate(all="ignore"):  # (overflow is checked for just below)
+                scaled = blocks * carried.reshape(a, 2, d).transpose(0, 2, 1)[:, :, None, :]
+            nonzero = blocks != 0
+            if not (np.all(np.isfinite(scaled))
+                    and np.all(np.abs(scaled[nonzero]) >= tiny)):
+                return unchanged
+            blocks[...] = scaled
+            carried = None
+        if s == steps.shape[0] - 1:
+            break
+        pivots = blocks[:, :, :, 0].copy()
+        with np.errstate(all="ignore"):
+            ratios = blocks[:, :, :, 1] / pivots
+        magnitudes = np.abs(pivots)
+        if not (np.all(magnitudes >= tiny) and np.all(np.isfinite(magnitudes))
+                and np.all(np.isfinite(ratios))):
+            continue
+        blocks[:, :, :, 0] = 1
+        blocks[:, :, :, 1] = ratios
+        carried = pivots.transpose(0, 2, 1).reshape(n)
+        steps4[s, 3] = 1
+    return out, steps4
 
 
 class _SuperwordKernel:

@@ -692,7 +692,7 @@ class Butterfly:
         # Real factors on complex data: real and imaginary parts are two real columns
         # each (a free view) instead of casting every factor to complex.
         compute = np.dtype(out_dtype.char.lower()) if real_on_complex else out_dtype
-        packed, steps = self._pairs_plan(adjoint, conjugate, compute)
+        packed, steps = self._unit_plan(adjoint, conjugate, compute)
         gather = _NO_PERMUTATION if gather is None else gather
         scatter = _NO_PERMUTATION if scatter is None else scatter
         if x2.shape[1] == 1 and not real_on_complex:  # (`_apply` goes straight there)
@@ -717,7 +717,9 @@ class Butterfly:
         shape = _kernels.pairs_tiles_shape(n, columns // planes, planes,
                                            threads if parallel and not by_rows else 1)
         tiles = _kernels.pairs_tiles_scratch(shape, real)
-        fuse = tiles[0].nbytes >= _kernels.PAIRS_FUSE_MIN_TILE_BYTES
+        # Unit-pivot factors take half the arithmetic, so the traffic of a pass per
+        # factor is what costs at every tile size: two per pass.
+        fuse = bool(steps[:, 3].any()) or tiles[0].nbytes >= _kernels.PAIRS_FUSE_MIN_TILE_BYTES
         out = np.empty_like(xc)
         if parallel:
             _kernels.apply_pairs_tiles_parallel(packed, steps, gather, scatter, xr,
@@ -752,6 +754,22 @@ class Butterfly:
                 packed[start:stop] = (np.conj(blocks) if conjugate else blocks).ravel()
                 steps.append((a, d, start))
             plan = (packed, np.array(steps, dtype=np.int64))
+            self._pairs_plans[key] = plan
+        return plan
+
+    def _unit_plan(self, adjoint: bool, conjugate: bool, dtype: np.dtype):
+        """`_pairs_plan` with unit pivots (``_kernels.unit_pivot_plan``: half the
+        arithmetic for blocks of vectors); built on first use and kept."""
+        conjugate = conjugate and adjoint and dtype.kind == "c"
+        key = ("unit", adjoint, conjugate, dtype)
+        plan = self._pairs_plans.get(key)
+        if plan is None:
+            # The pair order is the source, kept only if it was built for its own use.
+            had_pairs = (adjoint, conjugate, dtype) in self._pairs_plans
+            packed, steps = self._pairs_plan(adjoint, conjugate, dtype)
+            if not had_pairs:  # (pop: another thread may be building the same plan)
+                self._pairs_plans.pop((adjoint, conjugate, dtype), None)
+            plan = _kernels.unit_pivot_plan(packed, steps, self.chain.shape[0])
             self._pairs_plans[key] = plan
         return plan
 

@@ -165,25 +165,100 @@ def test_real_factors_on_complex_columns(rng, dtype, mode):
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=dtype_id)
-def test_fused_pass_equals_two_single_passes(rng, dtype):
+@pytest.mark.parametrize("unit", [False, True], ids=["full", "unit"])
+def test_fused_pass_equals_two_single_passes(rng, dtype, unit):
     """`_tile_pairs4` on factors with d1 = 2 d2 and with d2 = 2 d1 equals
     `_tile_pairs2` twice (to rounding: the fused pass keeps its intermediate sums in
-    registers)."""
+    registers), for plain blocks and for unit-pivot ones (`unit_pivot_plan`: every
+    mix of unit and full factors)."""
     B = make_butterfly(rng, "n64", dtype, permuted=False)
     planes = 2 if dtype.kind == "c" else 1
     real = np.dtype(dtype.char.lower())
     for adjoint in (False, True):
         packed, steps = B._pairs_plan(adjoint, False, dtype)
+        if unit:
+            packed, steps = _kernels.unit_pivot_plan(packed, steps, 64)
+            assert steps[:-1, 3].all() and steps[-1, 3] == 0
         for s in range(len(steps) - 1):
-            (_, d1, o1), (_, d2, o2) = steps[s], steps[s + 1]
+            (d1, o1), (d2, o2) = steps[s, 1:3], steps[s + 1, 1:3]
             assert d1 == 2 * d2 or d2 == 2 * d1
-            tile = rng.standard_normal((64, planes, 6)).astype(real)
-            fused, single = tile.copy(), tile.copy()
-            _kernels._tile_pairs4(packed, d1, o1, d2, o2, fused, 6, 0, 16)
-            _kernels._tile_pairs2(packed, d1, o1, single, 6, 0, 32)
-            _kernels._tile_pairs2(packed, d2, o2, single, 6, 0, 32)
-            assert_close(fused, single, dtype)
-            assert not np.array_equal(fused, tile)
+            for u1, u2 in ([(False, False)] if not unit
+                           else [(True, bool(steps[s + 1, 3])), (False, False)]):
+                tile = rng.standard_normal((64, planes, 6)).astype(real)
+                fused, single = tile.copy(), tile.copy()
+                _kernels._tile_pairs4(packed, d1, o1, d2, o2, u1, u2, fused, 6, 0, 16)
+                _kernels._tile_pairs2(packed, d1, o1, u1, single, 6, 0, 32)
+                _kernels._tile_pairs2(packed, d2, o2, u2, single, 6, 0, 32)
+                assert_close(fused, single, dtype)
+                assert not np.array_equal(fused, tile)
+
+
+def _plan_dense(packed, steps, n):
+    """The dense product of a pair-order plan (first step applied first)."""
+    dense = np.eye(n, dtype=packed.dtype)
+    for a, d, offset in steps[:, :3]:
+        blocks = packed[offset:offset + 4 * a * d].reshape(a, d, 2, 2)
+        factor = np.zeros((n, n), dtype=packed.dtype)
+        for i in range(a):
+            for t in range(d):
+                rows = (2 * i * d + t, 2 * i * d + d + t)
+                factor[np.ix_(rows, rows)] = blocks[i, t]
+        dense = factor @ dense
+    return dense
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=dtype_id)
+@pytest.mark.parametrize("mode", MODES)
+def test_unit_pivot_plan_is_the_same_product(rng, dtype, mode):
+    """The unit-pivot plan has ones in the left column of every factor but the last,
+    leaves the caller's values alone, and is the same product (to rounding)."""
+    B = make_butterfly(rng, "n64", dtype, permuted=False)
+    adjoint, conjugate = MODES[mode]
+    packed, steps = B._pairs_plan(adjoint, conjugate, dtype)
+    before = packed.copy()
+    unit_packed, unit_steps = _kernels.unit_pivot_plan(packed, steps, 64)
+    np.testing.assert_array_equal(packed, before)
+    assert unit_steps[:-1, 3].all() and unit_steps[-1, 3] == 0
+    np.testing.assert_array_equal(unit_steps[:, :3], steps[:, :3])
+    for a, d, offset, _ in unit_steps[:-1]:
+        left = unit_packed[offset:offset + 4 * a * d].reshape(a, d, 2, 2)[..., 0]
+        assert np.all(left == 1)
+    want = _plan_dense(packed, steps, 64)
+    got = _plan_dense(unit_packed, unit_steps, 64)
+    assert_close(got, want, dtype)
+
+
+def test_unit_pivot_plan_skips_zero_pivots_and_keeps_the_range(rng):
+    """A factor with a zero pivot stays plain (and passes no scale on); pivots whose
+    carried product would overflow leave the whole plan unchanged."""
+    B = make_butterfly(rng, "n64", np.dtype(np.complex128), permuted=False)
+    packed, steps = B._pairs_plan(False, False, np.dtype(np.complex128))
+    zeroed = packed.copy()
+    a, d, offset = steps[2]
+    zeroed[offset + 4 * 5] = 0  # block 5 of step 2: p = 0
+    unit_packed, unit_steps = _kernels.unit_pivot_plan(zeroed, steps, 64)
+    assert list(unit_steps[:, 3]) == [1, 1, 0, 1, 1, 0]
+    want = _plan_dense(zeroed, steps, 64)
+    assert_close(_plan_dense(unit_packed, unit_steps, 64), want, np.dtype(np.complex128))
+    # Huge left columns: their product along the chain leaves the double range.
+    huge = packed.copy()
+    for a, d, offset in steps[:-1]:
+        huge[offset:offset + 4 * a * d].reshape(a, d, 2, 2)[..., 0] *= 1e200
+    unit_packed, unit_steps = _kernels.unit_pivot_plan(huge, steps, 64)
+    assert not unit_steps[:, 3].any()
+    np.testing.assert_array_equal(unit_packed, huge)
+
+
+def test_products_use_the_unit_pivot_plan(rng):
+    """`B @ X` runs on the unit-pivot plan (built once and kept) and matches the
+    dense product; the one-vector plan is not changed by it."""
+    B = make_butterfly(rng, "n64", np.dtype(np.complex128), permuted=True)
+    X = rng.standard_normal((64, 5)) + 1j * rng.standard_normal((64, 5))
+    assert_close(B @ X, B.toarray() @ X, np.dtype(np.complex128))
+    plan = B._pairs_plans[("unit", False, False, np.dtype(np.complex128))]
+    assert plan[1][:-1, 3].all()
+    B @ X
+    assert B._pairs_plans[("unit", False, False, np.dtype(np.complex128))] is plan
 
 
 def test_pairs_tiles_shape():
