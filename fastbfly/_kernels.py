@@ -2481,10 +2481,14 @@ PAIRS_TILE_COLUMNS = 64
 # threaded build (N = 4096 with 64 complex columns: 6.3e6): below that a parallel region
 # is not worth it on a loaded machine.
 PAIRS_PARALLEL_MIN_WORK = 1 << 22
-# Serial products on tiles of at least this many bytes take two factors per pass
+# Products on tiles of at least this many bytes take two factors per pass
 # (`_tile_pairs4`): it halves the traffic through L3 / memory, which pays at N = 16384
 # (64 complex128 columns, 16 MB: 1.15 ms per two factors against 2 × 0.81 ms), not at
-# N = 4096 (4 MB: 0.21 against 2 × 0.095 ms, arithmetic-bound).
+# N = 4096 (4 MB: 0.21 against 2 × 0.095 ms, arithmetic-bound).  Unit-pivot plans
+# (`unit_pivot_plan`), with half the arithmetic, take two factors per pass at every
+# size (`Butterfly._apply_pairs`): one thread, 64 complex128 vectors, against plain
+# blocks one factor per pass, 1.32x at N = 1024, 1.28x at 4096, 1.33x at 16384 (unit
+# blocks one per pass: 1.12x, 1.06x, 0.98x; benchmarks/unit_pivots.py, load 1).
 PAIRS_FUSE_MIN_TILE_BYTES = 8 << 20
 # Whether the first two and last two factors go with the load and store passes (as
 # fast as a separate pass for the second factor, one pass fewer).
