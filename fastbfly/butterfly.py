@@ -680,7 +680,8 @@ class Butterfly:
         2 × 2 blocks: the pair-order kernels of ``_kernels``.  One vector: the serial
         vector kernel.  A block of vectors: the column-tile kernels
         (``_kernels.apply_pairs_tiles``; tiles of up to 64 columns, complex data split
-        into real and imaginary planes, factors applied in place two at a time), and
+        into real and imaginary planes, factors applied in place two at a time, on the
+        unit-pivot plan of `_unit_plan`: half the multiply-adds), and
         with several threads once the work pays for a parallel region.  The threads
         share the tiles when there is at least one 64-column tile each; else (64
         vectors on two threads, say) they share the rows of every pass of one
