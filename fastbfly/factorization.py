@@ -36,14 +36,25 @@ __all__ = ["factorize"]
 SPLIT_PARALLEL_MIN_NODE_SIZE = 1 << 22
 # Blocks are handed out in this many chunks per thread (load balance vs. overhead).
 CHUNKS_PER_THREAD = 4
-# Bytes of the panel into which each task gathers the rows its blocks share.
+# Bytes of the panel into which each task gathers the rows its blocks share, where the
+# columns are permuted.  A row group that fits is staged row by row (each row copied
+# whole, then permuted from L2); larger ones are gathered in panels of this size with
+# every block's columns read in increasing order (`fastbfly._kernels._sorted_gather`),
+# four rows at a time.  Measured (root split of a DFT with ``perm="bitrev"``, N = 8192,
+# 128 x 64 blocks, 1 thread CPU time, median of 5): at load 2.2-3, complex128 368 ms
+# staged (32 MB) against 282 ms with 4 MB panels, complex64 247 against 197 ms; but at
+# load 4.5 (memory shared with other processes) 380-470 against 360-475 ms and 242-252
+# against 331 ms: the sorted reads are more latency bound than staged rows, so the
+# staged size is kept.  (Before sorted reads, 256 kB panels took N = 4096 from 113 to
+# 180 ms; sorted, 76 ms complex128 and 54 ms complex64 against 61 and 44 staged.)
 PANEL_BYTES = 1 << 25
 # The same where the columns are read in order (no permutation to stage whole rows for):
 # a panel that stays in the L2 cache (1 MB per core here) is solved from there instead of
 # from L3.  Measured (median of 5, load 0.7): 768 x 3072 balanced, 192 x 16 blocks,
 # 12.1 ms with 32 MB panels, 8.7 ms with 256 kB; Hadamard N = 4096 60 / 55 ms balanced,
-# 104 / 92 ms left-to-right.  A DFT with ``perm="bitrev"`` keeps `PANEL_BYTES` at the
-# root: N = 4096 took 113 -> 180 ms with 256 kB panels (rows no longer staged whole).
+# 104 / 92 ms left-to-right.  With the gather reading four rows at a time (Hadamard
+# N = 8192 root, load 3): float64 104 / 93 / 90 / 87 ms with 128 kB / 256 kB / 512 kB /
+# 1 MB panels, float32 65 / 67 / 62 / 72 ms: no better size than 256 kB within noise.
 IN_ORDER_PANEL_BYTES = 1 << 18
 # Matrices of this many entries have their permutation candidates factorized in
 # parallel threads (see `_candidate_workers`): from N = 256 (measured on 2 cores,
