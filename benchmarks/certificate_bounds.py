@@ -177,17 +177,19 @@ def main():
                  "with a side of at most 16 get σ₁² from the Gram matrix of that side, and "
                  "those of the splits with 2 to 8 rows (or columns) are sums of those of the "
                  "16-row (16-column) split: at N = 4096 only splits 4 and 8 form Gram "
-                 "matrices from the data, and 5, 6 and 7 run power iteration.  Near-exact "
-                 "blocks (squared error below 1e-5 of their squared norm) have their error "
-                 "computed directly from the top singular pair, one more read of the block "
-                 "(from planes of its real and imaginary parts for those with a Gram "
-                 "matrix), two for those solved by power iteration.  `actual_error` is one "
-                 "more pass, made first, and the permutation one gather.  When it shows that "
-                 "B fits to rounding (`‖Z − B‖ <= 2^-43 ‖Z‖`, σ = 0 here), the split errors "
-                 "are not computed: each is bounded by B's own error, within 2^-43 ‖Z‖ "
+                 "matrices from the data, and 5, 6 and 7 run power iteration.  The Gram "
+                 "splits read their blocks from real and imaginary planes of the tile, filled "
+                 "once per tile for all of them.  Near-exact blocks (squared error below 1e-5 "
+                 "of their squared norm) have their error computed directly: for the Gram "
+                 "splits from the Gram matrix's top eigenvector, two sweeps of the block's "
+                 "planes; for the power-iteration blocks from the start vector's first "
+                 "product, one more read of the block, when Kato–Temple proves it within "
+                 "1e-9 of the error.  `actual_error` is one more pass, made first, and the "
+                 "permutation one gather.  When it shows that B fits to rounding "
+                 "(`‖Z − B‖ <= 2^-43 ‖Z‖`, σ = 0 here), the split errors are not computed: "
+                 "each is bounded by B's own error, within 2^-43 ‖Z‖ "
                  "(`Certificate.split_errors_bounded`), so certify is the gather and one "
-                 "pass.  A balanced factorization costs about two passes.  Before the "
-                 "grouping (one pass per split) the ratio grew like `L/2`."]
+                 "pass.  A balanced factorization costs about two passes."]
     text = "\n".join(lines)
     print(text)
     if args.out:

@@ -67,6 +67,9 @@ GRAM_SIDE = 16
 # to 1e-7.
 CANCELLATION = 1e-5
 EPS = float(np.finfo(np.float64).eps)
+# Entries (one cache line) added to each row of the tile's planes, against cache-set
+# conflicts between the rows (`_split_errors_tiled_py`).
+PLANE_PAD = 8
 # Power steps on a small Gram matrix before `_top_eigenvalue` hands it to LAPACK.
 TOP_EIGEN_STEPS = 24
 # Reassociation and contraction only (no ``nnan``/``ninf``: the NaN checks must stay),
@@ -212,102 +215,269 @@ def _top_eigenvector(G, k, x, y):
 
 
 @_kernel(fastmath=FASTMATH)
-def _planes_near_exact_residual2(real, imag, k, length, complex_values, x, z_real, z_imag,
-                                 combined):
+def _planes_near_exact_residual2(real, imag, row0, step, k, first, runs, run_step, run_length,
+                                 complex_values, x, z_real, z_imag):
     """Best rank-one error of a block whose Gram matrix ``G`` showed an error below
-    ``CANCELLATION`` of its norm, computed directly from the block's planes.
+    ``CANCELLATION`` of its norm, computed directly from the tile's planes.
 
-    The block is given as in `_gram_planes`: ``k`` vectors ``X_p = real[p] +
-    i·imag[p]`` of ``length`` entries along its long side (its rows, or its columns),
-    with ``G[p, q] = Σ_c conj(X_p[c]) X_q[c]``.  With ``x`` the unit top eigenvector of
-    ``G`` (`_top_eigenvector`) and ``z = Σ_p x_p X_p`` (in ``z_real``, ``z_imag``,
-    formed here unless ``combined``: `_fill_planes` formed it), returns
-    ``Σ_p ‖X_p − conj(x_p) z‖²``: for rows, ``‖M − u uᴴ M‖²`` with ``u = conj(x)`` the
-    top left singular vector (``G = conj(M Mᴴ)``, ``z = (uᴴ M)ᵀ``); for columns,
-    ``‖M − M v vᴴ‖²`` with ``v = x`` the top right one (``G = Mᴴ M``, ``z = M v``).
-    The error of an explicit rank-one approximation, so never below the best one but
-    for rounding, and above it by ``~θ² σ₁²`` for the vector's error ``θ`` (``~16 ε``).
-    Plain-float loops over the planes, which LLVM vectorises (the same arithmetic on
-    complex values does not: 2-3 times slower, measured at N = 4096).  ``imag`` is
-    unused for real data (``complex_values`` False)."""
-    if not combined:
-        for c in range(length):
-            z_real[c] = 0.0
-            z_imag[c] = 0.0
-        for p in range(k):
-            pr = x[p].real
-            pi = x[p].imag
-            xr = real[p]
-            xi = imag[p]
+    The block is ``k`` vectors ``X_p = real[row0 + p·step] + i·imag[row0 + p·step]``
+    along its long side (its rows, or its columns: `_fill_row_planes`,
+    `_fill_column_planes`), each the ``runs`` runs of ``run_length`` entries that
+    start at ``first + q·run_step`` (``q < runs``), with ``G[p, q] = Σ_c conj(X_p[c])
+    X_q[c]``.  With ``x`` the unit top eigenvector of ``G`` (`_top_eigenvector`) and
+    ``z = Σ_p x_p X_p`` (in ``z_real``, ``z_imag``), returns ``Σ_p ‖X_p − conj(x_p)
+    z‖²``: for rows, ``‖M − u uᴴ M‖²`` with ``u = conj(x)`` the top left singular
+    vector (``G = conj(M Mᴴ)``, ``z = (uᴴ M)ᵀ``); for columns, ``‖M − M v vᴴ‖²`` with
+    ``v = x`` the top right one (``G = Mᴴ M``, ``z = M v``).  The error of an explicit
+    rank-one approximation, so never below the best one but for rounding, and above
+    it by ``~θ² σ₁²`` for the vector's error ``θ`` (``~16 ε``).  Plain-float loops
+    along the runs, which LLVM vectorises (the same arithmetic on complex values
+    does not: 2-3 times slower, measured at N = 4096).  ``imag`` is unused for real
+    data (``complex_values`` False)."""
+    for c in range(runs * run_length):
+        z_real[c] = 0.0
+        z_imag[c] = 0.0
+    # slices of the runs: indexing with ``base + c`` kept LLVM from vectorising
+    # (Numba's negative-index wraparound)
+    for p in range(k):
+        pr = x[p].real
+        pi = x[p].imag
+        for q in range(runs):
+            base = first + q * run_step
+            xr = real[row0 + p * step, base:base + run_length]
+            zr = z_real[q * run_length:(q + 1) * run_length]
             if complex_values:
-                for c in range(length):
-                    z_real[c] += pr * xr[c] - pi * xi[c]
-                    z_imag[c] += pr * xi[c] + pi * xr[c]
+                xi = imag[row0 + p * step, base:base + run_length]
+                zi = z_imag[q * run_length:(q + 1) * run_length]
+                for c in range(run_length):
+                    zr[c] += pr * xr[c] - pi * xi[c]
+                    zi[c] += pr * xi[c] + pi * xr[c]
             else:
-                for c in range(length):
-                    z_real[c] += pr * xr[c]
+                for c in range(run_length):
+                    zr[c] += pr * xr[c]
     total = 0.0
     for p in range(k):
         pr = x[p].real
         pi = -x[p].imag  # conj(x_p)
-        xr = real[p]
-        xi = imag[p]
-        if complex_values:
-            for c in range(length):
-                dr = xr[c] - (pr * z_real[c] - pi * z_imag[c])
-                di = xi[c] - (pr * z_imag[c] + pi * z_real[c])
-                total += dr * dr + di * di
-        else:
-            for c in range(length):
-                dr = xr[c] - pr * z_real[c]
-                total += dr * dr
+        for q in range(runs):
+            base = first + q * run_step
+            xr = real[row0 + p * step, base:base + run_length]
+            zr = z_real[q * run_length:(q + 1) * run_length]
+            zi = z_imag[q * run_length:(q + 1) * run_length]
+            if complex_values:
+                xi = imag[row0 + p * step, base:base + run_length]
+                for c in range(run_length):
+                    dr = xr[c] - (pr * zr[c] - pi * zi[c])
+                    di = xi[c] - (pr * zi[c] + pi * zr[c])
+                    total += dr * dr + di * di
+            else:
+                for c in range(run_length):
+                    dr = xr[c] - pr * zr[c]
+                    total += dr * dr
     return total
 
 
 @_kernel(inline="always")
-def _fill_planes(tile, spread, t, first, rows, cols, complex_values, real, imag, combine, x,
-                 z_real, z_imag):
-    """The block of a tile (rows ``j·spread + t``, columns ``first .. first + cols −
-    1``) in double precision, split into real and imaginary planes along its long
-    side, the layout of `_gram_planes`: ``real[p, c] + i·imag[p, c]`` is ``M[p, c]``
-    when ``rows <= cols`` (rows as vectors), else ``M[c, p]`` (columns).  Plain
-    floats vectorise, complex pairs do not (the reason for the planes).  ``imag``
-    is left alone for real data.  With ``combine``, also ``z = Σ_p x_p X_p`` of
-    `_planes_near_exact_residual2` while the values pass by (one sweep fewer).
-    Inlined: as a call, the noisy DFT's row splits took 10 % longer (N = 4096)."""
-    if rows <= cols:
-        if combine:
-            for c in range(cols):
-                z_real[c] = 0.0
-                z_imag[c] = 0.0
-        for p in range(rows):
-            source = tile[p * spread + t]
-            pr = x[p].real
-            pi = x[p].imag
-            for c in range(cols):
-                value = source[first + c]
-                real[p, c] = value.real
-                if complex_values:
-                    imag[p, c] = value.imag
-                if combine:
-                    z_real[c] += pr * value.real - pi * value.imag
-                    z_imag[c] += pr * value.imag + pi * value.real
+def _right_residual2_row(source, first, cols, v, scale):
+    """One row of `_right_residual2`: ``(Σ_p |m_p − d conj(scale v_p)|², |d|²)`` for
+    the row ``m = source[first:first + cols]`` and ``d = scale Σ_p m_p v_p``."""
+    d = source[first] * v[0]
+    for p in range(1, cols):
+        d += source[first + p] * v[p]
+    d *= scale
+    total = 0.0
+    for p in range(cols):
+        total += _abs2(source[first + p] - d * (scale * np.conj(v[p])))
+    return total, _abs2(d)
+
+
+@_kernel(fastmath=FASTMATH)
+def _right_residual2(A, spread, t, first, rows, cols, v, scale):
+    """``(‖M − (M x) xᴴ‖², ‖M x‖²)`` for the block ``M`` of ``A`` with rows ``j·spread
+    + t`` (``j < rows``) and columns ``first .. first + cols − 1``, and ``x = scale·v``
+    (a unit vector: ``v`` need not be normalised).
+
+    The error of the rank-one approximation with right vector ``x``, computed
+    directly (no cancellation): for a near-exact block solved by power iteration,
+    with the unit ``Mᴴ u`` of its start vector (`_near_exact_power`).  One read of
+    the block, row by row: each row's entry ``d`` of ``M x`` and its residual
+    ``Σ_p |M[j, p] − d conj(x_p)|²`` are formed while the row is in registers.  Four
+    rows at a time: one row's sums are chains of dependent additions, four rows' are
+    independent (measured on a 2048 × 32 complex array: 0.14 ms against 0.22 ms one
+    row at a time).
+    Products in double precision (``v``'s: single-precision values are promoted; a
+    ``* 1.0`` on them doubled the time, a full complex product)."""
+    total0 = 0.0
+    total1 = 0.0
+    total2 = 0.0
+    total3 = 0.0
+    length0 = 0.0
+    length1 = 0.0
+    length2 = 0.0
+    length3 = 0.0
+    quads = rows // 4 * 4
+    for j in range(0, quads, 4):
+        s0 = A[j * spread + t]
+        s1 = A[(j + 1) * spread + t]
+        s2 = A[(j + 2) * spread + t]
+        s3 = A[(j + 3) * spread + t]
+        d0 = s0[first] * v[0]
+        d1 = s1[first] * v[0]
+        d2 = s2[first] * v[0]
+        d3 = s3[first] * v[0]
+        for p in range(1, cols):
+            x = v[p]
+            d0 += s0[first + p] * x
+            d1 += s1[first + p] * x
+            d2 += s2[first + p] * x
+            d3 += s3[first + p] * x
+        d0 *= scale
+        d1 *= scale
+        d2 *= scale
+        d3 *= scale
+        for p in range(cols):
+            x = scale * np.conj(v[p])
+            total0 += _abs2(s0[first + p] - d0 * x)
+            total1 += _abs2(s1[first + p] - d1 * x)
+            total2 += _abs2(s2[first + p] - d2 * x)
+            total3 += _abs2(s3[first + p] - d3 * x)
+        length0 += _abs2(d0)
+        length1 += _abs2(d1)
+        length2 += _abs2(d2)
+        length3 += _abs2(d3)
+    for j in range(quads, rows):
+        row_total, row_length = _right_residual2_row(A[j * spread + t], first, cols, v, scale)
+        total0 += row_total
+        length0 += row_length
+    return (total0 + total1) + (total2 + total3), (length0 + length1) + (length2 + length3)
+
+
+@_kernel(fastmath=FASTMATH)
+def _left_residual2(M, rows, cols, u, scale):
+    """``(‖M − x (xᴴ M)‖², ‖Mᴴ x‖²)`` for a gathered block ``M`` and ``x = scale·u``
+    (a unit left vector: ``u`` need not be normalised): `_right_residual2` on the
+    other side.  Four columns at a time: their entries of ``Mᴴ x`` over all rows,
+    then their residuals, while those columns (``4·rows`` values) are in cache."""
+    total0 = 0.0
+    total1 = 0.0
+    total2 = 0.0
+    total3 = 0.0
+    length = 0.0
+    quads = cols // 4 * 4
+    for c in range(0, quads, 4):
+        y = np.conj(u[0])
+        d0 = M[0, c] * y
+        d1 = M[0, c + 1] * y
+        d2 = M[0, c + 2] * y
+        d3 = M[0, c + 3] * y
+        for j in range(1, rows):
+            y = np.conj(u[j])
+            d0 += M[j, c] * y
+            d1 += M[j, c + 1] * y
+            d2 += M[j, c + 2] * y
+            d3 += M[j, c + 3] * y
+        d0 *= scale
+        d1 *= scale
+        d2 *= scale
+        d3 *= scale
+        for j in range(rows):
+            x = scale * u[j]
+            total0 += _abs2(M[j, c] - x * d0)
+            total1 += _abs2(M[j, c + 1] - x * d1)
+            total2 += _abs2(M[j, c + 2] - x * d2)
+            total3 += _abs2(M[j, c + 3] - x * d3)
+        length += (_abs2(d0) + _abs2(d1)) + (_abs2(d2) + _abs2(d3))
+    for c in range(quads, cols):
+        d0 = M[0, c] * np.conj(u[0])
+        for j in range(1, rows):
+            d0 += M[j, c] * np.conj(u[j])
+        d0 *= scale
+        for j in range(rows):
+            total0 += _abs2(M[j, c] - (scale * u[j]) * d0)
+        length += _abs2(d0)
+    return (total0 + total1) + (total2 + total3), length
+
+
+@_kernel()
+def _near_exact_power(M, rows, cols, norm2, u, w, warm, first):
+    """The error of a near-exact block solved by power iteration, in one read of the
+    gathered block, or ``-1`` when that is not proven accurate (the caller then runs
+    the power iteration, `_block_residual2`).
+
+    ``first`` is the first product of the unit start vector ``z`` with the block,
+    formed while it was gathered (`_tile_split_errors`): ``ρ = ‖Mᴴ u‖²`` with ``w =
+    Mᴴ u`` (``warm == 2``), or ``ρ = ‖M v‖²`` with ``u = M v`` (``warm == 1``);
+    neither is modified.  When ``‖M‖² − ρ < CANCELLATION ‖M‖²`` the block is
+    near-exact (``ρ <= σ₁²``, so its error is smaller still), and its error is that
+    of the rank-one approximation along ``y``, the normalised ``w`` (right vector,
+    `_right_residual2`) or ``u`` (left, `_left_residual2`), computed directly with
+    ``ρ' = ‖M y‖²`` (or ``‖Mᴴ y‖²``) in the same read.  That is the power
+    iteration's near-exact stop of `_power_sigma2` one half-step in, without its
+    separate reads for ``ρ'`` and the residual: ``y`` is one power step from ``z``,
+    so its excess ``σ₁² − ρ'`` is at most ``σ₂² (σ₁² − ρ)/ρ``, and Kato–Temple for
+    ``z`` bounds that by ``error² (ρ' − ρ)/(2ρ − ‖M‖²)``; the result is accepted when
+    this is below ``RESIDUAL_TOL`` times the error (a start from a butterfly that
+    fits the block to ``δ`` of its norm gives ``~δ²``: at once for a near-exact
+    ``B``, never for a poor one, which pays one read more than before)."""
+    if warm == 0 or not first > 0.0 or not 2.0 * first > norm2:
+        return -1.0
+    if norm2 - first >= CANCELLATION * norm2:
+        return -1.0
+    scale = 1.0 / math.sqrt(first)
+    if warm == 2:
+        residual2, quotient = _right_residual2(M, 1, 0, 0, rows, cols, w, scale)
     else:
-        for j1 in range(rows):
-            source = tile[j1 * spread + t]
-            sum_real = 0.0
-            sum_imag = 0.0
-            for p in range(cols):
-                value = source[first + p]
-                real[p, j1] = value.real
+        residual2, quotient = _left_residual2(M, rows, cols, u, scale)
+    if quotient - first <= RESIDUAL_TOL * (2.0 * first - norm2):
+        return residual2
+    return -1.0
+
+
+@_kernel()
+def _fill_row_planes(tile, complex_values, real, imag):
+    """The tile in double precision as real and imaginary planes, ``real[i, c] +
+    i·imag[i, c] = tile[i, c]``: the layout of the blocks that have at most
+    ``GRAM_SIDE`` rows, their rows as vectors (`_gram_planes`,
+    `_planes_near_exact_residual2`).  Plain floats vectorise, complex pairs do not
+    (the reason for the planes).  ``imag`` is left alone for real data."""
+    tile_rows, width = tile.shape
+    for i in range(tile_rows):
+        source = tile[i]
+        target_real = real[i]
+        for c in range(width):
+            target_real[c] = source[c].real
+        if complex_values:
+            target_imag = imag[i]
+            for c in range(width):
+                target_imag[c] = source[c].imag
+
+
+@_kernel()
+def _fill_column_planes(tile, complex_values, spread, real, imag):
+    """The tile transposed into planes, for the blocks that have at most
+    ``GRAM_SIDE`` columns (and more rows), their columns as vectors:
+    ``real[c, π(i)] + i·imag[c, π(i)] = tile[i, c]`` with ``π(i) = (i mod spread)
+    · (tile_rows / spread) + i div spread``.  ``spread`` is that of the group's first
+    such split (the fewest rows per block, ``L = tile_rows / spread``): block ``t``
+    of that split (tile rows ``j·spread + t``) is then the run of positions ``t·L ..
+    t·L + L − 1``, and each block of a later split (``spread / n`` for some ``n``)
+    the ``n`` runs from ``(t + q·spread/n)·L``, ``q < n``: the vectors of every
+    split's blocks are runs of consecutive entries.  Read once per tile, for all
+    those splits (their Gram matrices, and near-exact blocks' errors), instead of
+    a transposed copy per block and split."""
+    tile_rows, width = tile.shape
+    run = tile_rows // spread
+    # in the order of the positions: each plane row's cache line is written whole
+    # before the next (in the tile's row order, every write hit another line)
+    for t in range(spread):
+        for j in range(run):
+            source = tile[j * spread + t]
+            position = t * run + j
+            for c in range(width):
+                value = source[c]
+                real[c, position] = value.real
                 if complex_values:
-                    imag[p, j1] = value.imag
-                if combine:
-                    sum_real += x[p].real * value.real - x[p].imag * value.imag
-                    sum_imag += x[p].real * value.imag + x[p].imag * value.real
-            if combine:
-                z_real[j1] = sum_real
-                z_imag[j1] = sum_imag
+                    imag[c, position] = value.imag
 
 
 @_kernel(fastmath=FASTMATH)
@@ -493,34 +663,45 @@ def _block_residual2(M, rows, cols, row_norm2, norm2, u, v, w, G, tol, warm, fir
 
 
 @_kernel(fastmath=FASTMATH)
-def _gram_planes(real, imag, k, length, imaginary, G):
-    """``G[p, q] = Σ_c conj(x_p[c]) x_q[c]`` for the ``k`` vectors ``x_p = real[p] +
-    i·imag[p]`` of ``length`` entries (the Gram matrix ``Mᴴ M`` of the block whose
+def _gram_planes(real, imag, row0, step, k, first, runs, run_step, run_length, imaginary, G):
+    """``G[p, q] = Σ_c conj(x_p[c]) x_q[c]`` for the ``k`` vectors ``x_p = real[row0
+    + p·step] + i·imag[row0 + p·step]`` restricted to the ``runs`` runs of
+    ``run_length`` entries from ``first + q·run_step`` (as in
+    `_planes_near_exact_residual2`): the Gram matrix ``Mᴴ M`` of the block whose
     columns they are, or the conjugate of ``M Mᴴ``, with the same eigenvalues, when
-    they are its rows); returns its trace, ``‖M‖²``.  ``imaginary`` is ``1j``, or
-    ``0`` for real data (``imag`` is then zero and skipped).
+    they are its rows; returns its trace, ``‖M‖²``.  ``imaginary`` is ``1j``, or
+    ``0`` for real data (``imag`` is then skipped).
 
     Each entry is four plain-float dot products, which LLVM vectorises (the reason
     for the planes)."""
     complex_values = imaginary != 0.0
+    for p in range(k):
+        for q in range(k):
+            G[p, q] = 0.0
+    for run in range(runs):
+        # slices: indexing with ``base + c`` kept LLVM from vectorising (Numba's
+        # negative-index wraparound; 7 times slower)
+        base = first + run * run_step
+        for p in range(k):
+            pr = real[row0 + p * step, base:base + run_length]
+            pi = imag[row0 + p * step, base:base + run_length]
+            for q in range(p, k):
+                qr = real[row0 + q * step, base:base + run_length]
+                sr = 0.0
+                si = 0.0
+                if complex_values:
+                    qi = imag[row0 + q * step, base:base + run_length]
+                    for c in range(run_length):
+                        sr += pr[c] * qr[c] + pi[c] * qi[c]
+                        si += pr[c] * qi[c] - pi[c] * qr[c]
+                else:
+                    for c in range(run_length):
+                        sr += pr[c] * qr[c]
+                G[p, q] += sr + imaginary * si
     trace = 0.0
     for p in range(k):
-        pr = real[p]
-        pi = imag[p]
-        for q in range(p, k):
-            qr = real[q]
-            qi = imag[q]
-            sr = 0.0
-            si = 0.0
-            if complex_values:
-                for c in range(length):
-                    sr += pr[c] * qr[c] + pi[c] * qi[c]
-                    si += pr[c] * qi[c] - pi[c] * qr[c]
-            else:
-                for c in range(length):
-                    sr += pr[c] * qr[c]
-            G[p, q] = sr + imaginary * si
-            G[q, p] = sr - imaginary * si
+        for q in range(p + 1, k):
+            G[q, p] = np.conj(G[p, q])
         trace += G[p, p].real
     return trace
 
@@ -580,8 +761,9 @@ def _derived_gram(grams, offset, by_rows, b1_source, c2_source, tile_rows, width
 
 @_kernel(fastmath=FASTMATH)
 def _tile_split_errors(tile, r, first_column, m, stride, block_rows, block_columns, start_sides,
-                       start_offsets, starts, tol, imaginary, gram_plan, grams, row_norm2, u, v,
-                       w, norm2_sums, residual2_sums, exponent_sums, bad):
+                       start_offsets, starts, tol, imaginary, gram_plan, grams, row_real,
+                       row_imag, column_real, column_imag, column_spread, row_norm2, u, v, w,
+                       norm2_sums, residual2_sums, exponent_sums, bad):
     """The blocks of every split of `_split_errors_tiled_py` in one tile (rows
     ``i*stride + r``, columns from ``first_column``), solved and added to the
     per-split sums (a function of its own: in the ``prange`` body of the parallel
@@ -589,10 +771,21 @@ def _tile_split_errors(tile, r, first_column, m, stride, block_rows, block_colum
     taken in the order ``gram_plan[:, 2]``; the Gram matrices of a split with
     ``gram_plan[s, 1] >= 0`` are stored in ``grams`` from there, and a split with
     ``gram_plan[s, 0] >= 0`` sums its own from those of that split (`_derived_gram`)
-    instead of reading its blocks."""
+    instead of reading its blocks.  The blocks with a side of at most ``GRAM_SIDE``
+    are read from planes of the tile, filled here once for all the splits: by rows
+    (``row_real``, ``row_imag``, `_fill_row_planes`) for the short and wide blocks,
+    transposed (``column_real``, ``column_imag``, `_fill_column_planes` with
+    ``column_spread``; ``0``: no such blocks) for the tall and narrow ones."""
     tile_rows, width = tile.shape
     n_splits = block_rows.shape[0]
     complex_values = imaginary != 0.0
+    has_rows = False
+    for s in range(n_splits):
+        has_rows = has_rows or block_rows[s] <= min(block_columns[s], GRAM_SIDE)
+    if has_rows:
+        _fill_row_planes(tile, complex_values, row_real, row_imag)
+    if column_spread > 0:
+        _fill_column_planes(tile, complex_values, column_spread, column_real, column_imag)
     for index in range(n_splits):
         s = gram_plan[index, 2]
         from_split = gram_plan[s, 0]
@@ -609,11 +802,25 @@ def _tile_split_errors(tile, r, first_column, m, stride, block_rows, block_colum
         side_length = min(b1, c2, GRAM_SIDE)
         G = np.empty((side_length, side_length), dtype=u.dtype)
         gram = side_length == min(b1, c2)  # a side of at most GRAM_SIDE
+        tall = b1 > c2
         long_side = max(b1, c2)
-        real = np.empty((side_length, long_side))
-        imag = np.zeros((side_length, long_side))
         z_real = np.empty(long_side)
         z_imag = np.empty(long_side)
+        # where the block's vectors (along its long side) are in the planes: vector
+        # p of block (t, kk) is row ``row0 + p·step`` (row0 = t, or kk·c2 when tall),
+        # the runs of ``run_length`` entries from ``first + q·run_step`` (first =
+        # kk·c2, or t·run_length when tall), q < runs
+        real, imag = row_real, row_imag
+        step = spread
+        runs = 1
+        run_length = c2
+        run_step = 0
+        if tall and gram:
+            real, imag = column_real, column_imag
+            step = 1
+            run_length = tile_rows // column_spread
+            runs = b1 // run_length
+            run_step = spread * run_length
         for t in range(spread):
             j2 = r + t * stride
             for kk in range(groups):
@@ -623,11 +830,12 @@ def _tile_split_errors(tile, r, first_column, m, stride, block_rows, block_colum
                                           block_rows[from_split], block_columns[from_split],
                                           tile_rows, width, b1, c2, t, kk, G)
                 elif gram:
-                    # the block's vectors along its long side: rows when it is short
-                    # and wide, columns when tall and narrow
-                    _fill_planes(tile, spread, t, kk * c2, b1, c2, complex_values, real, imag,
-                                 False, u, z_real, z_imag)
-                    norm2 = _gram_planes(real, imag, side_length, long_side, imaginary, G)
+                    if tall:
+                        row0, first = kk * c2, t * run_length
+                    else:
+                        row0, first = t, kk * c2
+                    norm2 = _gram_planes(real, imag, row0, step, side_length, first, runs,
+                                         run_step, run_length, imaginary, G)
                 if gram:
                     if store >= 0:
                         base = store + (t * groups + kk) * side_length * side_length
@@ -643,13 +851,13 @@ def _tile_split_errors(tile, r, first_column, m, stride, block_rows, block_colum
                         if residual2 < CANCELLATION * norm2:
                             residual2 = -1.0  # unless the top eigenvector converges
                             if _top_eigenvector(G, side_length, u, w):
-                                if from_split >= 0:  # its planes are not read yet
-                                    _fill_planes(tile, spread, t, kk * c2, b1, c2,
-                                                 complex_values, real, imag, True, u, z_real,
-                                                 z_imag)
+                                if tall:
+                                    row0, first = kk * c2, t * run_length
+                                else:
+                                    row0, first = t, kk * c2
                                 residual2 = _planes_near_exact_residual2(
-                                    real, imag, side_length, long_side, complex_values, u,
-                                    z_real, z_imag, from_split >= 0)
+                                    real, imag, row0, step, side_length, first, runs, run_step,
+                                    run_length, complex_values, u, z_real, z_imag)
                         if residual2 >= 0.0:
                             norm2_sums[s], residual2_sums[s], exponent_sums[s] = _accumulate(
                                 norm2_sums[s], residual2_sums[s], int(exponent_sums[s]), norm2,
@@ -705,8 +913,12 @@ def _tile_split_errors(tile, r, first_column, m, stride, block_rows, block_colum
                         bad[s] += exponent == NOT_FINITE  # reported by the caller
                         continue
                     first = -1.0  # rescaled: the product is formed again
-                residual2 = _block_residual2(M, b1, c2, row_norm2, norm2, u, v, w, G, tol, warm,
-                                             first)
+                residual2 = -1.0
+                if exponent == 0:  # not rescaled: ``first`` is the product's
+                    residual2 = _near_exact_power(M, b1, c2, norm2, u, w, warm, first)
+                if residual2 < 0.0:
+                    residual2 = _block_residual2(M, b1, c2, row_norm2, norm2, u, v, w, G, tol,
+                                                 warm, first)
                 norm2_sums[s], residual2_sums[s], exponent_sums[s] = _accumulate(
                     norm2_sums[s], residual2_sums[s], int(exponent_sums[s]), norm2, residual2,
                     exponent)
@@ -786,11 +998,14 @@ def _split_errors_tiled_py(matrix, columns, contiguous, block_rows, block_column
     SAFE_SUM_HIGH]`` (zero, NaN/Inf, squares that may have overflowed or vanished)
     go through `_scan_block`, and where ``‖M‖² − σ₁²`` would have lost its digits to
     cancellation (near-exact blocks) the error is that of an explicit rank-one
-    approximation, computed directly: from the Gram matrix's top eigenvector in one
-    read of the block from the tile (`_planes_near_exact_residual2`), else from the
-    top singular pair (`_block_residual2`); either is never below the block's
-    best error but for rounding.  A start vector's first product with its block is
-    formed while the block is gathered (one read fewer for the power iteration).
+    approximation, computed directly: from the Gram matrix's top eigenvector in two
+    sweeps of the block's vectors in the tile's planes (`_planes_near_exact_residual2`;
+    the planes are filled once per tile for all the splits of the group, not per
+    block and split), from the start vector's first product in one read of the
+    gathered block for power-iteration blocks (`_near_exact_power`), else from the
+    top singular pair (`_block_residual2`); each is never below the block's best
+    error but for rounding.  A start vector's first product with its block is formed
+    while the block is gathered (one read fewer for the power iteration).
     """
     m, n = matrix.shape
     n_splits = block_rows.shape[0]
@@ -800,6 +1015,17 @@ def _split_errors_tiled_py(matrix, columns, contiguous, block_rows, block_column
     n_tiles = stride * n_column_tiles
     widest = block_columns[0]
     imaginary = unit[0]
+    complex_values = imaginary != 0.0
+    # the group's blocks read from planes: short and wide ones (by rows), tall and
+    # narrow ones (transposed, ordered by the first such split's spread)
+    has_rows = False
+    column_spread = 0
+    for s in range(n_splits):
+        b1 = block_rows[s]
+        c2 = block_columns[s]
+        has_rows = has_rows or b1 <= min(c2, GRAM_SIDE)
+        if column_spread == 0 and c2 < b1 and c2 <= GRAM_SIDE:
+            column_spread = tile_rows // b1
     for chunk in prange(n_chunks):
         tile = np.empty((tile_rows, width), dtype=matrix.dtype)
         row_norm2 = np.empty(tile_rows)
@@ -811,6 +1037,16 @@ def _split_errors_tiled_py(matrix, columns, contiguous, block_rows, block_column
         exponent_sums = np.zeros(n_splits, dtype=np.int64)
         bad = np.zeros(n_splits, dtype=np.int64)
         grams = np.empty(gram_size, dtype=work.dtype)
+        # planes of the tile (`_tile_split_errors`), by rows and transposed, where
+        # the group has such blocks (imaginary planes for complex data only); rows
+        # padded by PLANE_PAD entries: a power-of-two stride would put the vectors of
+        # a block in the same cache sets
+        row_real = np.empty((tile_rows if has_rows else 1, width + PLANE_PAD))
+        row_imag = np.empty((tile_rows if has_rows else 1,
+                             width + PLANE_PAD if complex_values else 1))
+        column_real = np.empty((width if column_spread else 1, tile_rows + PLANE_PAD))
+        column_imag = np.empty((width if column_spread else 1,
+                                tile_rows + PLANE_PAD if complex_values else 1))
         for tile_index in range(chunk * n_tiles // n_chunks, (chunk + 1) * n_tiles // n_chunks):
             # neighbouring tiles share their rows: consecutive column ranges
             r = tile_index // n_column_tiles
@@ -825,7 +1061,8 @@ def _split_errors_tiled_py(matrix, columns, contiguous, block_rows, block_column
                         tile[i, k] = matrix[row, columns[first_column + k]]
             _tile_split_errors(tile, r, first_column, m, stride, block_rows, block_columns,
                                start_sides, start_offsets, starts, tol, imaginary, gram_plan,
-                               grams, row_norm2, u, v, w, norm2_sums, residual2_sums,
+                               grams, row_real, row_imag, column_real, column_imag,
+                               column_spread, row_norm2, u, v, w, norm2_sums, residual2_sums,
                                exponent_sums, bad)
         for s in range(n_splits):
             chunk_norm2[chunk, s] = norm2_sums[s]

@@ -480,11 +480,13 @@ def certify(matrix, B: Butterfly) -> Certificate:
     rule is the geometric-tail estimate of the factorization, not a proof (in the
     tests, Gaussian matrices: within ``1e-7``).  The start changes the work, not the
     answer: a poor ``B`` only costs more steps.  Where ``‖M‖² − σ₁²`` would cancel
-    (a near-exact block, error below ``~3e-3`` of its norm) the error is that of the
-    top singular pair, computed directly from the block: an upper bound of the
-    block's best error (but for rounding), above it by the rounding of that pair
-    (``~1e-15`` of the block's norm; the Gram matrix's top eigenvector, or the power
-    iteration's vector).  So the certificate of a single-precision exact product
+    (a near-exact block, error below ``~3e-3`` of its norm) the error is that of an
+    explicit rank-one approximation, computed directly from the block: an upper
+    bound of the block's best error (but for rounding), above it by the rounding of
+    its vector (``~1e-15`` of the block's norm: the Gram matrix's top eigenvector),
+    or, for a block solved by power iteration, by at most ``1e-9`` of its error
+    (Kato–Temple: the vector one power step from the start, or the power
+    iteration's).  So the certificate of a single-precision exact product
     (which ``B`` fits only to ``~1e-7``) is computed, at rounding level: for the
     exact complex64 DFT at N = 4096, ``lower_bound`` is ``1.8e-8 ‖matrix‖`` and
     ``actual_error`` ``4.4e-7 ‖matrix‖``.
@@ -511,14 +513,14 @@ def certify(matrix, B: Butterfly) -> Certificate:
     ``~N^1.5`` values).  A balanced factorization costs about two passes (its root
     split and the much smaller nodes below).  Measured on a 2-core machine shared
     with other jobs (``docs/certificate.md``, ``python
-    benchmarks/certificate_bounds.py --cost-only``): certify costs 1.5-2.6
-    factorizations of a noisy DFT at N = 1024 and 3.0-3.5 at N = 4096 (wall and CPU
-    time, two runs).  Near-exact
-    blocks cost more: their errors are read from the block once more (twice for
-    those solved by power iteration), so for the exact complex64 DFT at N = 4096
-    (one thread) certify takes 0.56 s against 0.43 s for the noisy complex128 DFT:
-    8.8 factorizations of that exact DFT (the cheapest of all, 65 ms; 3.8 for the
-    noisy one).
+    benchmarks/certificate_bounds.py --cost-only``, load 2-2.5 from other jobs):
+    certify costs 2.4 factorizations of a noisy DFT at N = 1024 and 3.0-3.4 at
+    N = 4096 (CPU time).  Near-exact blocks (every block of a DFT with 1e-7 noise)
+    get their errors from the block once more: two sweeps of the tile's planes for
+    those with a Gram matrix, one read for those solved by power iteration when
+    their start vector (from ``B``) proves good enough.  There certify costs 3.5
+    factorizations at N = 1024 and 4.7 at N = 4096 (CPU time; the near-exact DFT
+    also factorizes faster than the noisy one).
     Memory: one copy of the matrix when ``B`` has a row or column permutation or zero
     padding, none otherwise.
 
