@@ -758,6 +758,15 @@ class Butterfly:
             self._pairs_plans[key] = plan
         return plan
 
+    def _source_pairs_plan(self, adjoint: bool, conjugate: bool, dtype: np.dtype):
+        """`_pairs_plan` as the source of a derived plan: kept only if it was built for
+        its own use."""
+        had_pairs = (adjoint, conjugate, dtype) in self._pairs_plans
+        plan = self._pairs_plan(adjoint, conjugate, dtype)
+        if not had_pairs:  # (pop: another thread may be building the same plan)
+            self._pairs_plans.pop((adjoint, conjugate, dtype), None)
+        return plan
+
     def _unit_plan(self, adjoint: bool, conjugate: bool, dtype: np.dtype):
         """`_pairs_plan` with unit pivots (``_kernels.unit_pivot_plan``: half the
         arithmetic for blocks of vectors); built on first use and kept."""
@@ -765,11 +774,7 @@ class Butterfly:
         key = ("unit", adjoint, conjugate, dtype)
         plan = self._pairs_plans.get(key)
         if plan is None:
-            # The pair order is the source, kept only if it was built for its own use.
-            had_pairs = (adjoint, conjugate, dtype) in self._pairs_plans
-            packed, steps = self._pairs_plan(adjoint, conjugate, dtype)
-            if not had_pairs:  # (pop: another thread may be building the same plan)
-                self._pairs_plans.pop((adjoint, conjugate, dtype), None)
+            packed, steps = self._source_pairs_plan(adjoint, conjugate, dtype)
             plan = _kernels.unit_pivot_plan(packed, steps, self.chain.shape[0])
             self._pairs_plans[key] = plan
         return plan
@@ -823,11 +828,7 @@ class Butterfly:
         plan = self._pairs_plans.get(key)
         if plan is not None:
             return plan
-        # The pair order is the source; it is kept only if it was built for its own use.
-        had_pairs = (adjoint, conjugate, dtype) in self._pairs_plans
-        packed, steps = self._pairs_plan(adjoint, conjugate, dtype)
-        if not had_pairs:  # (pop: another thread may be building the same plan)
-            self._pairs_plans.pop((adjoint, conjugate, dtype), None)
+        packed, steps = self._source_pairs_plan(adjoint, conjugate, dtype)
         n = self.chain.shape[0]
         runs = [[0]]
         for s in range(1, len(steps)):
