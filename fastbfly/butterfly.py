@@ -386,7 +386,7 @@ class Butterfly:
         )
 
     # ---------------------------------------------------------------- products
-    def matvec(self, x) -> np.ndarray:
+    def matvec(self, x, out=None) -> np.ndarray:
         """``B @ x`` for ``x`` of shape ``(n,)`` or ``(n, 1)``.
 
         Parameters
@@ -395,10 +395,18 @@ class Butterfly:
             Any numeric dtype; the result has ``numpy.result_type(B.dtype, x.dtype)``
             (one of the four supported dtypes, else `TypeError`).  ``x`` is not
             modified.
+        out : ndarray, optional
+            Where to put the result (as in ``numpy.dot``): its shape and dtype must be
+            the result's exactly (else `ValueError` / `TypeError`).  For loops that
+            apply ``B`` again and again: a C-contiguous ``out`` that shares no memory
+            with ``x`` is written by the kernels directly, without allocating fresh
+            memory (whose pages fault on first write) each time; any other writeable
+            ``out``, ``x`` itself included, is filled with a copy.
 
         Returns
         -------
         (m,) or (m, 1) ndarray
+            ``out`` when given.
 
         Examples
         --------
@@ -408,14 +416,20 @@ class Butterfly:
         array([ 6.+0.j, -2.+2.j, -2.+0.j, -2.-2.j])
         >>> bool(np.allclose(B.matvec(np.arange(4.0)), np.fft.fft(np.arange(4.0))))
         True
+        >>> y = np.empty(4, dtype=complex)
+        >>> B.matvec(np.ones(4), out=y) is y
+        True
+        >>> y
+        array([4.+0.j, 0.+0.j, 0.+0.j, 0.+0.j])
         """
         x = np.asarray(x)
         if x.ndim == 2 and x.shape[1] != 1:
             raise ValueError(f"matvec expects shape ({self.shape[1]},) or ({self.shape[1]}, 1), got {x.shape}")
-        return self._apply(x, adjoint=False, conjugate=False)
+        return self._apply(x, adjoint=False, conjugate=False, out=out)
 
-    def rmatvec(self, x) -> np.ndarray:
-        """``Bᴴ @ x`` (conjugate transpose) for ``x`` of shape ``(m,)`` or ``(m, 1)``.
+    def rmatvec(self, x, out=None) -> np.ndarray:
+        """``Bᴴ @ x`` (conjugate transpose) for ``x`` of shape ``(m,)`` or ``(m, 1)``;
+        ``out`` as in `matvec`.
 
         Examples
         --------
@@ -428,10 +442,11 @@ class Butterfly:
         x = np.asarray(x)
         if x.ndim == 2 and x.shape[1] != 1:
             raise ValueError(f"rmatvec expects shape ({self.shape[0]},) or ({self.shape[0]}, 1), got {x.shape}")
-        return self._apply(x, adjoint=True, conjugate=True)
+        return self._apply(x, adjoint=True, conjugate=True, out=out)
 
-    def matmat(self, X) -> np.ndarray:
-        """``B @ X`` for ``X`` of shape ``(n, k)``: all ``k`` columns in one pass.
+    def matmat(self, X, out=None) -> np.ndarray:
+        """``B @ X`` for ``X`` of shape ``(n, k)``: all ``k`` columns in one pass;
+        ``out`` (shape ``(m, k)``) as in `matvec`.
 
         Examples
         --------
@@ -446,10 +461,11 @@ class Butterfly:
         X = np.asarray(X)
         if X.ndim != 2:
             raise ValueError(f"matmat expects a 2-D array, got shape {X.shape}")
-        return self._apply(X, adjoint=False, conjugate=False)
+        return self._apply(X, adjoint=False, conjugate=False, out=out)
 
-    def rmatmat(self, X) -> np.ndarray:
-        """``Bᴴ @ X`` for ``X`` of shape ``(m, k)``.
+    def rmatmat(self, X, out=None) -> np.ndarray:
+        """``Bᴴ @ X`` for ``X`` of shape ``(m, k)``; ``out`` (shape ``(n, k)``) as in
+        `matvec`.
 
         Examples
         --------
@@ -462,7 +478,7 @@ class Butterfly:
         X = np.asarray(X)
         if X.ndim != 2:
             raise ValueError(f"rmatmat expects a 2-D array, got shape {X.shape}")
-        return self._apply(X, adjoint=True, conjugate=True)
+        return self._apply(X, adjoint=True, conjugate=True, out=out)
 
     def __matmul__(self, x):
         if type(x) is np.ndarray:  # the common case first
@@ -487,8 +503,9 @@ class Butterfly:
             return self._apply(x.T, adjoint=True, conjugate=False).T
         raise ValueError(f"x @ B expects a 1-D or 2-D x, got shape {x.shape}")
 
-    def dot(self, x):
-        """Same as ``B @ x``, for one vector or a 2-D array of columns.
+    def dot(self, x, out=None):
+        """Same as ``B @ x``, for one vector or a 2-D array of columns; ``out`` as in
+        `matvec`.
 
         Examples
         --------
@@ -496,7 +513,9 @@ class Butterfly:
         >>> fastbfly.hadamard_butterfly(4).dot(np.ones(4))
         array([4., 0., 0., 0.])
         """
-        return self @ x
+        if out is None:
+            return self @ x
+        return self._apply(np.asarray(x), adjoint=False, conjugate=False, out=out)
 
     def toarray(self) -> np.ndarray:
         """The dense matrix (``O(m n log n)`` work; for checks and small sizes).
@@ -606,8 +625,12 @@ class Butterfly:
         return ButterflyOperator(self)
 
     # ---------------------------------------------------------------- kernel call
-    def _apply(self, x: np.ndarray, adjoint: bool, conjugate: bool) -> np.ndarray:
-        """Validate ``x``, apply ``B`` (or ``Bᴴ``/``Bᵀ``) with the Numba kernels."""
+    def _apply(self, x: np.ndarray, adjoint: bool, conjugate: bool, out=None) -> np.ndarray:
+        """Validate ``x``, apply ``B`` (or ``Bᴴ``/``Bᵀ``) with the Numba kernels.
+
+        With ``out`` (validated by `_out_target`), the result goes there and ``out`` is
+        returned: written by the kernels themselves where it is C-contiguous and apart
+        from ``x``, else copied in."""
         # The common case first, in a few attribute lookups (at N = 1024 the whole
         # product takes microseconds): one aligned, C-contiguous, writeable vector of
         # B's dtype, with a ready one-vector path (`_vector_path`, built at the first
@@ -616,7 +639,8 @@ class Butterfly:
         path = self._pairs_plans.get((adjoint, conjugate))
         if path is None and x.ndim == 1:
             path = self._vector_path(adjoint, conjugate)
-        if path and x.dtype is self.dtype and x.ndim == 1 and x.shape[0] == path[0] and x.flags.carray:
+        if (path and out is None and x.dtype is self.dtype and x.ndim == 1 and x.shape[0] == path[0]
+                and x.flags.carray):
             out = np.empty(path[0], dtype=self.dtype)
             path[3](path[1], path[2], x, out)
             return out
@@ -638,12 +662,21 @@ class Butterfly:
 
         squeeze = x.ndim == 1
         x2 = x.reshape(n_in, -1)
+        # the kernels' output: a 2-D view of ``out`` where they can write it directly
+        into = None
+        if out is not None and self._out_target(out, (n_out,) + x.shape[1:], out_dtype, x):
+            into = out.reshape(n_out, x2.shape[1])
         if self._all_pairs and chain_in == n_in and chain_out == n_out:
             if x2.shape[1] == 1 and not (out_dtype.kind == "c" and self.dtype.kind == "f"):
-                result = self._apply_vector(x2[:, 0], adjoint, conjugate, out_dtype)
-                return result if squeeze else result[:, None]
-            result = self._apply_pairs(x2, gather, scatter, adjoint, conjugate, out_dtype)
-            return result[:, 0] if squeeze else result
+                result = self._apply_vector(x2[:, 0], adjoint, conjugate, out_dtype,
+                                            None if into is None else into[:, 0])
+                result = result if squeeze else result[:, None]
+            else:
+                result = self._apply_pairs(x2, gather, scatter, adjoint, conjugate, out_dtype, into)
+                result = result[:, 0] if squeeze else result
+            return result if out is None else _filled(out, result, into is not None)
+        if scatter is not None or chain_out != n_out:
+            into = None  # the kernels' result is rearranged first
         if chain_in != n_in:  # zero padding
             x2 = np.concatenate([x2, np.zeros((chain_in - n_in, x2.shape[1]), dtype=x2.dtype)])
         if gather is not None:
@@ -659,12 +692,12 @@ class Butterfly:
             real = np.dtype(out_dtype.char.lower())
             values = self._values_as(real)
             x2 = x2.view(real)
-            result = np.empty((chain_out, x2.shape[1]), dtype=real)
+            result = np.empty((chain_out, x2.shape[1]), dtype=real) if into is None else into.view(real)
             self._run(values, x2, result, adjoint, conjugate, prefer_vec=False)
             result = result.view(out_dtype)
         else:
             values = self._values_as(out_dtype)
-            result = np.empty((chain_out, n_columns), dtype=out_dtype)
+            result = np.empty((chain_out, n_columns), dtype=out_dtype) if into is None else into
             self._run(values, x2, result, adjoint, conjugate, prefer_vec=True)
 
         if scatter is not None:
@@ -673,9 +706,27 @@ class Butterfly:
             result = scattered
         if chain_out != n_out:
             result = result[:n_out]
-        return result[:, 0] if squeeze else result
+        result = result[:, 0] if squeeze else result
+        return result if out is None else _filled(out, result, into is not None)
 
-    def _apply_pairs(self, x2, gather, scatter, adjoint, conjugate, out_dtype):
+    @staticmethod
+    def _out_target(out, shape: tuple, dtype: np.dtype, x: np.ndarray) -> bool:
+        """Validate ``out=`` for a result of ``shape`` and ``dtype``; whether the kernels
+        can write it directly (C-contiguous, aligned, no memory shared with ``x``).
+
+        The dtype must be the result's exactly (as for ``numpy.dot``'s ``out``): a
+        cast would cost the pass over memory that ``out`` is there to save."""
+        if not isinstance(out, np.ndarray):
+            raise TypeError(f"out must be a numpy.ndarray, got {type(out).__name__}")
+        if out.shape != shape:
+            raise ValueError(f"out must have shape {shape} (the product's), got {out.shape}")
+        if out.dtype != dtype:
+            raise TypeError(f"out must have dtype {dtype} (the product's), got {out.dtype}")
+        if not out.flags.writeable:
+            raise ValueError("out must be writeable, got a read-only array")
+        return out.flags.c_contiguous and out.flags.aligned and not np.may_share_memory(out, x)
+
+    def _apply_pairs(self, x2, gather, scatter, adjoint, conjugate, out_dtype, into=None):
         """``B``, ``Bᴴ`` or ``Bᵀ`` times ``x2`` (shape ``(n, k)``) when every factor has
         2 × 2 blocks: the pair-order kernels of ``_kernels``.  One vector: the serial
         vector kernel.  A block of vectors: the column-tile kernels
@@ -697,7 +748,8 @@ class Butterfly:
         gather = _NO_PERMUTATION if gather is None else gather
         scatter = _NO_PERMUTATION if scatter is None else scatter
         if x2.shape[1] == 1 and not real_on_complex:  # (`_apply` goes straight there)
-            return self._apply_vector(x2[:, 0], adjoint, conjugate, out_dtype)[:, None]
+            return self._apply_vector(x2[:, 0], adjoint, conjugate, out_dtype,
+                                      None if into is None else into[:, 0])[:, None]
         xc = np.ascontiguousarray(x2, dtype=out_dtype)
         if not xc.flags.writeable:  # one array type per kernel: no recompilation
             xc = xc.copy()
@@ -721,7 +773,7 @@ class Butterfly:
         # Unit-pivot factors take half the arithmetic, so the traffic of a pass per
         # factor is what costs at every tile size: two per pass.
         fuse = bool(steps[:, 3].any()) or tiles[0].nbytes >= _kernels.PAIRS_FUSE_MIN_TILE_BYTES
-        out = np.empty_like(xc)
+        out = np.empty_like(xc) if into is None else into
         if parallel:
             _kernels.apply_pairs_tiles_parallel(packed, steps, gather, scatter, xr,
                                                 out.view(real), tiles, fuse,
@@ -779,15 +831,15 @@ class Butterfly:
             self._pairs_plans[key] = plan
         return plan
 
-    def _apply_vector(self, x1, adjoint, conjugate, out_dtype):
+    def _apply_vector(self, x1, adjoint, conjugate, out_dtype, into=None):
         """``B``, ``Bᴴ`` or ``Bᵀ`` times one vector ``x1`` (shape ``(n,)``, any layout,
         validated) of a chain of 2 × 2 blocks, computed in ``out_dtype`` (real factors on
-        complex data excepted: `_apply_pairs` treats them)."""
+        complex data excepted: `_apply_pairs` treats them), into ``into`` if given."""
         values, program = self._fused_plan(adjoint, conjugate, out_dtype)
         x1 = np.ascontiguousarray(x1, dtype=out_dtype)
         if not x1.flags.writeable:  # one array type per kernel: no recompilation
             x1 = x1.copy()
-        out = np.empty(x1.shape[0], dtype=out_dtype)
+        out = np.empty(x1.shape[0], dtype=out_dtype) if into is None else into
         _kernels.apply_pairs_vec(values, program, x1, out)
         return out
 
@@ -926,6 +978,13 @@ class Butterfly:
         tasks = TASKS_PER_THREAD * (threads if parallel else 1)
         kernel(values, self._patterns, self._offsets, x2, out, adjoint, conjugate, *layout,
                min(self._segments, tasks), min(self._period, tasks))
+
+
+def _filled(out: np.ndarray, result: np.ndarray, written: bool) -> np.ndarray:
+    """``out`` holding ``result`` (``written``: the kernels already put it there)."""
+    if not written:
+        out[...] = result
+    return out
 
 
 def _best_middle(patterns: np.ndarray, reversed_chain: bool) -> tuple[int, int, int]:
