@@ -25,7 +25,10 @@ Method
   run to run).  The goal table (section 4) therefore times each goal head to head in
   one process (`worker_paired`): ``--pair-rounds`` rounds, each timing fastbfly and the
   peer once in rotating order, and reports the median and quartiles of the per-round
-  ratios; a goal counts as met robustly only when its worse quartile meets it.
+  ratios; a goal counts as met robustly only when its worse quartile meets it.  Two
+  threads against one for ``B @ X`` are timed the same way, in the same rounds: the
+  default against ``numba.set_num_threads(1)``, for ``B @ X`` and for
+  ``B.dot(X, out=Y)`` with ``Y`` reused (no fresh result array per call).
 * Peers that cannot be imported give a "not installed" row; nothing else is skipped
   silently (skips say why).
 """
@@ -309,15 +312,48 @@ def worker_fact(spec):
     }
 
 
+def _fastbfly_operator(variant: str, n: int):
+    """``X -> B @ X`` for ``B = dft_butterfly(n)``; ``variant``: comma-separated options,
+    ``out`` (``B.dot(X, out=Y)`` into one buffer per shape, reused from call to call, as
+    a solver loop would) and ``1`` (one Numba thread for the call; `numba.set_num_threads`
+    is per Python thread, so this times 1 thread against the default in one process)."""
+    import numba
+
+    import fastbfly
+
+    B = fastbfly.dft_butterfly(n)
+    options = set(variant.split(",")) - {""}
+    if options - {"out", "1"}:
+        raise ValueError(f"unknown fastbfly variant {variant!r}")
+    product = B.__matmul__
+    if "out" in options:
+        buffers = {}
+
+        def product(X):
+            out = buffers.get(X.shape)
+            if out is None:
+                out = buffers[X.shape] = np.empty(X.shape, dtype=np.result_type(B.dtype, X.dtype))
+            return B.dot(X, out=out)
+    if "1" not in options:
+        return product
+    threaded = product
+
+    def product(X):
+        threads = numba.get_num_threads()
+        numba.set_num_threads(1)
+        try:
+            return threaded(X)
+        finally:
+            numba.set_num_threads(threads)
+    return product
+
+
 def _matvec_operator(lib: str, variant: str, n: int):
     """Return (apply(X) callable factory, scale, note, wants_fortran).
 
     ``apply`` maps an (n,) or (n, k) complex array to ``scale * fft(X, axis=0)``."""
     if lib == "fastbfly":
-        import fastbfly
-
-        B = fastbfly.dft_butterfly(n)
-        return (lambda X: B @ X), 1.0, "dft_butterfly(N)", False
+        return _fastbfly_operator(variant, n), 1.0, "dft_butterfly(N)", False
     if lib == "csr":
         import scipy.sparse  # noqa: F401
 
@@ -454,7 +490,7 @@ def worker_paired(spec):
 
     out = {"status": "ok", "rounds": spec["rounds"], "load": _loadavg(), "ops": {}}
     for i, name in enumerate(names):
-        entry = {"time": quartiles(samples[i]), "loops": loops[i]}
+        entry = {"time": quartiles(samples[i]), "loops": loops[i], "samples": samples[i]}
         if i > 0:
             entry["ratio"] = quartiles([a / b for a, b in zip(samples[i], samples[0])])
         out["ops"][name] = entry
@@ -534,15 +570,16 @@ def _emit_product_goals(emit, sizes, product_sections, timeout, pair_rounds):
                           "libs": [["fastbfly", ""]] + [list(p) for p in peers],
                           "rounds": pair_rounds, "min_sample": 0.005}, None, timeout)
         if res.get("status") != "ok" or "fastbfly" not in res["ops"]:
-            return None, {}, res.get("status", "?")
+            return None, {}, res.get("status", "?"), {}
         ratios = {name: [1 / r for r in entry["ratio"][::-1]]
                   for name, entry in res["ops"].items() if "ratio" in entry}
         times = {name: entry["time"][1] for name, entry in res["ops"].items()}
-        return times, ratios, res["load"]
+        samples = {name: entry["samples"] for name, entry in res["ops"].items()}
+        return times, ratios, res["load"], samples
 
     def row(goal, n, k, peer, limit, larger_is_better=False, detail=""):
         """One goal on the ratio fastbfly ÷ ``peer`` (or its inverse), from `paired`."""
-        times, ratios, load = measured[(n, k)]
+        times, ratios, load, _ = measured[(n, k)]
         q = ratios.get(peer)
         if q is None:
             emit(f"| {goal} | not measured in this run ({load}) | – | – |")
@@ -555,6 +592,24 @@ def _emit_product_goals(emit, sizes, product_sections, timeout, pair_rounds):
         emit(f"| {goal} | {q[1]:.2f} ({q[0]:.2f}–{q[2]:.2f}){detail} | "
              f"{fmt_time(times['fastbfly'])} vs {fmt_time(times[peer])}; load {load} | {verdict} |")
 
+    def thread_row(goal, n, k, variant, limit=1.6):
+        """One thread ÷ the default threads for the fastbfly ``variant`` ("" or "out"),
+        from the per-round samples of both in `paired`."""
+        times, _, load, samples = measured[(n, k)]
+        threaded = f"fastbfly:{variant}" if variant else "fastbfly"
+        single = f"fastbfly:{variant},1" if variant else "fastbfly:1"
+        if single not in samples or threaded not in samples:
+            emit(f"| {goal} | not measured in this run ({load}) | – | – |")
+            return
+        q1, q2, q3 = statistics.quantiles(
+            [a / b for a, b in zip(samples[single], samples[threaded])], n=4, method="inclusive")
+        verdict = ("yes" if q1 >= limit else "yes (median only)") if q2 >= limit else "**no**"
+        emit(f"| {goal} | {q2:.2f} ({q1:.2f}–{q3:.2f}) | {fmt_time(times[threaded])} vs "
+             f"{fmt_time(times[single])}; load {load} | {verdict} |")
+
+    # 1 thread against the default, for B @ X and for B.dot(X, out=Y) (no fresh result
+    # array, whose page faults cost both thread counts alike), in the same rounds.
+    thread_peers = [("fastbfly", "1"), ("fastbfly", "out"), ("fastbfly", "out,1")]
     wanted = []
     for n in sizes:
         if 1 in ks and n == 4096:
@@ -565,7 +620,7 @@ def _emit_product_goals(emit, sizes, product_sections, timeout, pair_rounds):
             wanted.append((n, 1, [("fft", "1")]))
         for k in sorted(ks - {1}):
             if n in (4096, 16384):
-                wanted.append((n, k, [("fft", cores), ("csr", "")]))
+                wanted.append((n, k, [("fft", cores), ("csr", "")] + thread_peers))
     measured = {(n, k): paired(n, k, peers) for n, k, peers in wanted}
 
     emit("Each goal below is timed head to head in one process (`worker_paired`): "
@@ -596,6 +651,11 @@ def _emit_product_goals(emit, sizes, product_sections, timeout, pair_rounds):
             row(f"N={n}, {k} vectors: fastbfly ÷ scipy.fft.fft(workers=-1) ≤ 1.0", n, k,
                 f"fft:{cores}", 1.0)
             row(f"N={n}, {k} vectors: fastbfly ÷ CSR chain ≤ 0.3", n, k, "csr", 0.3)
+            if int(cores) > 1:
+                thread_row(f"N={n}, {k} vectors: 1 thread ÷ {cores} threads, `B @ X`, ≥ 1.6",
+                           n, k, "")
+                thread_row(f"N={n}, {k} vectors: 1 thread ÷ {cores} threads, "
+                           "`B.dot(X, out=Y)` (Y reused), ≥ 1.6", n, k, "out")
     emit()
 
 

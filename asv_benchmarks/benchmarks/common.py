@@ -291,14 +291,17 @@ class _FactorizeBenchmark:
 # --------------------------------------------------------------------------- products
 class Product:
     """One peer's way of applying the benchmark operator B: ``forward(X) = B @ X``,
-    ``adjoint(Y) = Bᴴ @ Y``, ``nbytes`` stored, ``fortran`` if it wants F-ordered X."""
+    ``adjoint(Y) = Bᴴ @ Y``, ``nbytes`` stored, ``fortran`` if it wants F-ordered X, and
+    ``forward_into(X, out)`` (``B @ X`` into a given array) for peers that have one."""
 
-    def __init__(self, forward, adjoint, nbytes, fortran=False, linear_operator=None):
+    def __init__(self, forward, adjoint, nbytes, fortran=False, linear_operator=None,
+                 forward_into=None):
         self.forward = forward
         self.adjoint = adjoint
         self.nbytes = nbytes
         self.fortran = fortran
         self._linear_operator = linear_operator
+        self.forward_into = forward_into
 
     def linear_operator(self, shape, dtype):
         """A ``scipy.sparse.linalg.LinearOperator`` (for the solver benchmark)."""
@@ -389,7 +392,8 @@ def make_product(peer: str, n: int, dtype: str) -> Product:
             return B.rmatvec(Y) if Y.ndim == 1 else B.rmatmat(Y)
 
         return Product(B.__matmul__, adjoint, B.nbytes,
-                       linear_operator=fastbfly.ButterflyOperator(B))
+                       linear_operator=fastbfly.ButterflyOperator(B),
+                       forward_into=lambda X, out: B.dot(X, out=out))
     if peer == "scipy.sparse":
         matrices, adjoints = _csr_chain(B), _csr_chain_adjoints(B)
         return Product(functools.partial(_csr_chain_apply, matrices),
@@ -403,7 +407,8 @@ def make_product(peer: str, n: int, dtype: str) -> Product:
             M = _csr_chain_apply(_csr_chain(B), np.eye(n, dtype=dtype))
         MH = np.ascontiguousarray(M.conj().T)
         # MH is a convenience copy for a contiguous adjoint; the operator is M.
-        return Product(M.__matmul__, MH.__matmul__, M.nbytes)
+        return Product(M.__matmul__, MH.__matmul__, M.nbytes,
+                       forward_into=lambda X, out: np.matmul(M, X, out=out))
     if peer == "pyfaust":
         from scipy import sparse
 
