@@ -234,6 +234,8 @@ def _gather_scale(M, rows, cols):
 def _accumulate(total_norm2, total_residual2, total_exponent, norm2, residual2, exponent):
     """Add a block's ``(norm2, residual2)``, in units of ``4**exponent``, to running sums
     kept in units of ``4**total_exponent``: no overflow for entries near 1e308."""
+    if exponent == total_exponent:  # (the usual case, unscaled blocks: no ldexp calls)
+        return total_norm2 + norm2, total_residual2 + residual2, total_exponent
     if total_norm2 == 0.0 or exponent > total_exponent:
         shift = 2 * (total_exponent - exponent)
         return (norm2 + math.ldexp(total_norm2, shift),
@@ -997,6 +999,20 @@ def _sorted_gather(columns, c1, c2):
     return ordered, positions, groups
 
 
+@_kernel(inline="always")
+def _split_scales(sigma, exponent, sigma_power):
+    """``(σ'**p, σ'**(1-p) / σ)`` with ``σ' = 2**exponent σ`` and ``p = sigma_power``:
+    the scales of a block's left and right vectors.  The powers 1 and 0 that
+    orthonormalised factorizations use are taken without ``pow``, which cost tens of
+    nanoseconds a block, a third of the time of a 2 × 2 block (same bits)."""
+    true_sigma = sigma if exponent == 0 else math.ldexp(sigma, exponent)
+    if sigma_power == 1.0:
+        return true_sigma, 1.0 / sigma
+    if sigma_power == 0.0:
+        return 1.0, true_sigma / sigma
+    return true_sigma ** sigma_power, true_sigma ** (1.0 - sigma_power) / sigma
+
+
 def _split_rank_one_py(node, columns, b1, c1, batch, left, right, sigma_power, tol, work,
                        n_chunks, chunk_norm2, chunk_residual2, chunk_exponent, chunk_bad):
     """Best rank-one approximation of every independent block of a two-factor split.
@@ -1209,8 +1225,7 @@ def _split_rank_one_py(node, columns, b1, c1, batch, left, right, sigma_power, t
                 # left = σ**p u and right = σ**(1-p) vᴴ with σ = 2**exponent ‖w‖ and
                 # vᴴ = wᴴ/‖w‖ (w is in the block's scaled units).
                 sigma = math.sqrt(sigma2)
-                left_scale = math.ldexp(sigma, exponent) ** sigma_power
-                right_scale = math.ldexp(sigma, exponent) ** (1.0 - sigma_power) / sigma
+                left_scale, right_scale = _split_scales(sigma, exponent, sigma_power)
                 for j1 in range(b1):
                     left[i, j1, k1, j2 * d + t] = u[j1] * left_scale
                 for k2 in range(c2):
