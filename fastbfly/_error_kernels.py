@@ -215,6 +215,39 @@ def _top_eigenvector(G, k, x, y):
 
 
 @_kernel(fastmath=FASTMATH)
+def _planes_pair_residual2(real, imag, row0, step, first, runs, run_step, run_length,
+                           complex_values, x):
+    """`_planes_near_exact_residual2` for ``k = 2`` vectors, in one sweep: ``Σ_p ‖X_p
+    − conj(x_p) z‖²`` is ``‖(I − a aᴴ) M‖²`` for the ``2 × L`` matrix ``M`` of rows
+    ``X_p`` and ``a = conj(x)``; with ``b = (−x_1, x_0)`` (unit, orthogonal to ``a``)
+    ``I − a aᴴ = b bᴴ``, so it is ``‖bᴴ M‖² = ‖conj(x_0) X_1 − conj(x_1) X_0‖²``
+    (``x`` a unit vector).  One combination per pair of entries instead of ``z`` and two
+    residuals."""
+    a_r = x[0].real
+    a_i = x[0].imag
+    b_r = x[1].real
+    b_i = x[1].imag
+    total = 0.0
+    for q in range(runs):
+        base = first + q * run_step
+        r0 = real[row0, base:base + run_length]
+        r1 = real[row0 + step, base:base + run_length]
+        if complex_values:
+            i0 = imag[row0, base:base + run_length]
+            i1 = imag[row0 + step, base:base + run_length]
+            for c in range(run_length):
+                # conj(x_0) X_1 − conj(x_1) X_0
+                dr = (a_r * r1[c] + a_i * i1[c]) - (b_r * r0[c] + b_i * i0[c])
+                di = (a_r * i1[c] - a_i * r1[c]) - (b_r * i0[c] - b_i * r0[c])
+                total += dr * dr + di * di
+        else:
+            for c in range(run_length):
+                dr = a_r * r1[c] - b_r * r0[c]
+                total += dr * dr
+    return total
+
+
+@_kernel(fastmath=FASTMATH)
 def _planes_near_exact_residual2(real, imag, row0, step, k, first, runs, run_step, run_length,
                                  complex_values, x, z_real, z_imag):
     """Best rank-one error of a block whose Gram matrix ``G`` showed an error below
@@ -225,56 +258,144 @@ def _planes_near_exact_residual2(real, imag, row0, step, k, first, runs, run_ste
     `_fill_column_planes`), each the ``runs`` runs of ``run_length`` entries that
     start at ``first + q·run_step`` (``q < runs``), with ``G[p, q] = Σ_c conj(X_p[c])
     X_q[c]``.  With ``x`` the unit top eigenvector of ``G`` (`_top_eigenvector`) and
-    ``z = Σ_p x_p X_p`` (in ``z_real``, ``z_imag``), returns ``Σ_p ‖X_p − conj(x_p)
-    z‖²``: for rows, ``‖M − u uᴴ M‖²`` with ``u = conj(x)`` the top left singular
-    vector (``G = conj(M Mᴴ)``, ``z = (uᴴ M)ᵀ``); for columns, ``‖M − M v vᴴ‖²`` with
+    ``z = Σ_p x_p X_p`` (formed in the workspaces ``z_real``, ``z_imag``,
+    `_planes_rank_one_residual2`; for two vectors, not at all,
+    `_planes_pair_residual2`), returns ``Σ_p ‖X_p − conj(x_p) z‖²``: for rows,
+    ``‖M − u uᴴ M‖²`` with ``u = conj(x)`` the top left singular vector (``G =
+    conj(M Mᴴ)``, ``z = (uᴴ M)ᵀ``); for columns, ``‖M − M v vᴴ‖²`` with
     ``v = x`` the top right one (``G = Mᴴ M``, ``z = M v``).  The error of an explicit
     rank-one approximation, so never below the best one but for rounding, and above
     it by ``~θ² σ₁²`` for the vector's error ``θ`` (``~16 ε``).  Plain-float loops
     along the runs, which LLVM vectorises (the same arithmetic on complex values
     does not: 2-3 times slower, measured at N = 4096).  ``imag`` is unused for real
     data (``complex_values`` False)."""
-    for c in range(runs * run_length):
-        z_real[c] = 0.0
-        z_imag[c] = 0.0
+    if k == 2:
+        return _planes_pair_residual2(real, imag, row0, step, first, runs, run_step, run_length,
+                                      complex_values, x)
+    return _planes_rank_one_residual2(real, imag, row0, step, k, first, runs, run_step,
+                                      run_length, complex_values, x, z_real, z_imag)[0]
+
+
+@_kernel(fastmath=FASTMATH)
+def _planes_rank_one_residual2(real, imag, row0, step, k, first, runs, run_step, run_length,
+                               complex_values, x, z_real, z_imag):
+    """``(Σ_p ‖X_p − conj(x_p) z‖², ‖z‖²)`` with ``z = Σ_p x_p X_p``, for any unit
+    ``x``: the body of `_planes_near_exact_residual2` (same arguments), with the
+    length of ``z`` (``‖Mᴴ u‖²`` for the rows' ``u = conj(x)``); ``z_real`` and
+    ``z_imag``: workspaces of at least ``run_length`` entries (``z`` of the last
+    run)."""
     # slices of the runs: indexing with ``base + c`` kept LLVM from vectorising
-    # (Numba's negative-index wraparound)
-    for p in range(k):
-        pr = x[p].real
-        pi = x[p].imag
-        for q in range(runs):
-            base = first + q * run_step
-            xr = real[row0 + p * step, base:base + run_length]
-            zr = z_real[q * run_length:(q + 1) * run_length]
+    # (Numba's negative-index wraparound).  Four vectors at a time: each entry of
+    # ``z`` is loaded (and stored) once per four vectors instead of once per vector
+    # (the loops are bound by their loads).  (``z`` of chunks of 64 or 512 entries,
+    # each followed by its residuals while in L1, was no faster.)
+    quads = k // 4 * 4
+    total = 0.0
+    length2 = 0.0
+    for q in range(runs):
+        length = run_length
+        base = first + q * run_step
+        zr = z_real[:length]
+        zi = z_imag[:length]
+        for c in range(length):
+            zr[c] = 0.0
+            zi[c] = 0.0
+        for p in range(0, quads, 4):
+            r0 = real[row0 + p * step, base:base + length]
+            r1 = real[row0 + (p + 1) * step, base:base + length]
+            r2 = real[row0 + (p + 2) * step, base:base + length]
+            r3 = real[row0 + (p + 3) * step, base:base + length]
+            a0 = x[p].real
+            a1 = x[p + 1].real
+            a2 = x[p + 2].real
+            a3 = x[p + 3].real
             if complex_values:
-                xi = imag[row0 + p * step, base:base + run_length]
-                zi = z_imag[q * run_length:(q + 1) * run_length]
-                for c in range(run_length):
+                i0 = imag[row0 + p * step, base:base + length]
+                i1 = imag[row0 + (p + 1) * step, base:base + length]
+                i2 = imag[row0 + (p + 2) * step, base:base + length]
+                i3 = imag[row0 + (p + 3) * step, base:base + length]
+                b0 = x[p].imag
+                b1 = x[p + 1].imag
+                b2 = x[p + 2].imag
+                b3 = x[p + 3].imag
+                for c in range(length):
+                    zr[c] += ((a0 * r0[c] - b0 * i0[c]) + (a1 * r1[c] - b1 * i1[c])
+                              + (a2 * r2[c] - b2 * i2[c]) + (a3 * r3[c] - b3 * i3[c]))
+                    zi[c] += ((a0 * i0[c] + b0 * r0[c]) + (a1 * i1[c] + b1 * r1[c])
+                              + (a2 * i2[c] + b2 * r2[c]) + (a3 * i3[c] + b3 * r3[c]))
+            else:
+                for c in range(length):
+                    zr[c] += (a0 * r0[c] + a1 * r1[c]) + (a2 * r2[c] + a3 * r3[c])
+        for p in range(quads, k):
+            pr = x[p].real
+            pi = x[p].imag
+            xr = real[row0 + p * step, base:base + length]
+            if complex_values:
+                xi = imag[row0 + p * step, base:base + length]
+                for c in range(length):
                     zr[c] += pr * xr[c] - pi * xi[c]
                     zi[c] += pr * xi[c] + pi * xr[c]
             else:
-                for c in range(run_length):
+                for c in range(length):
                     zr[c] += pr * xr[c]
-    total = 0.0
-    for p in range(k):
-        pr = x[p].real
-        pi = -x[p].imag  # conj(x_p)
-        for q in range(runs):
-            base = first + q * run_step
-            xr = real[row0 + p * step, base:base + run_length]
-            zr = z_real[q * run_length:(q + 1) * run_length]
-            zi = z_imag[q * run_length:(q + 1) * run_length]
+        for c in range(length):
+            length2 += zr[c] * zr[c]
             if complex_values:
-                xi = imag[row0 + p * step, base:base + run_length]
-                for c in range(run_length):
+                length2 += zi[c] * zi[c]
+        for p in range(0, quads, 4):  # conj(x_p) = a - ib
+            r0 = real[row0 + p * step, base:base + length]
+            r1 = real[row0 + (p + 1) * step, base:base + length]
+            r2 = real[row0 + (p + 2) * step, base:base + length]
+            r3 = real[row0 + (p + 3) * step, base:base + length]
+            a0 = x[p].real
+            a1 = x[p + 1].real
+            a2 = x[p + 2].real
+            a3 = x[p + 3].real
+            if complex_values:
+                i0 = imag[row0 + p * step, base:base + length]
+                i1 = imag[row0 + (p + 1) * step, base:base + length]
+                i2 = imag[row0 + (p + 2) * step, base:base + length]
+                i3 = imag[row0 + (p + 3) * step, base:base + length]
+                b0 = -x[p].imag
+                b1 = -x[p + 1].imag
+                b2 = -x[p + 2].imag
+                b3 = -x[p + 3].imag
+                for c in range(length):
+                    sr = zr[c]
+                    si = zi[c]
+                    d0r = r0[c] - (a0 * sr - b0 * si)
+                    d0i = i0[c] - (a0 * si + b0 * sr)
+                    d1r = r1[c] - (a1 * sr - b1 * si)
+                    d1i = i1[c] - (a1 * si + b1 * sr)
+                    d2r = r2[c] - (a2 * sr - b2 * si)
+                    d2i = i2[c] - (a2 * si + b2 * sr)
+                    d3r = r3[c] - (a3 * sr - b3 * si)
+                    d3i = i3[c] - (a3 * si + b3 * sr)
+                    total += ((d0r * d0r + d0i * d0i) + (d1r * d1r + d1i * d1i)
+                              + (d2r * d2r + d2i * d2i) + (d3r * d3r + d3i * d3i))
+            else:
+                for c in range(length):
+                    sr = zr[c]
+                    d0r = r0[c] - a0 * sr
+                    d1r = r1[c] - a1 * sr
+                    d2r = r2[c] - a2 * sr
+                    d3r = r3[c] - a3 * sr
+                    total += (d0r * d0r + d1r * d1r) + (d2r * d2r + d3r * d3r)
+        for p in range(quads, k):
+            pr = x[p].real
+            pi = -x[p].imag  # conj(x_p)
+            xr = real[row0 + p * step, base:base + length]
+            if complex_values:
+                xi = imag[row0 + p * step, base:base + length]
+                for c in range(length):
                     dr = xr[c] - (pr * zr[c] - pi * zi[c])
                     di = xi[c] - (pr * zi[c] + pi * zr[c])
                     total += dr * dr + di * di
             else:
-                for c in range(run_length):
+                for c in range(length):
                     dr = xr[c] - pr * zr[c]
                     total += dr * dr
-    return total
+    return total, length2
 
 
 @_kernel(inline="always")
@@ -431,6 +552,235 @@ def _near_exact_power(M, rows, cols, norm2, u, w, warm, first):
     if quotient - first <= RESIDUAL_TOL * (2.0 * first - norm2):
         return residual2
     return -1.0
+
+
+@_kernel(fastmath=FASTMATH)
+def _planes_first_product(real, imag, row0, step, rows, first, cols, complex_values, side,
+                          start_real, start_imag, out_real, out_imag):
+    """``(‖M‖², ρ)`` for the block ``M`` of the row planes with rows ``real[row0 +
+    j·step, first:first + cols] + i·imag[...]`` (``j < rows``) and its start vector's
+    first product: ``y = Mᴴ u`` (``side == 2``, ``u`` of length ``rows``) or ``y = M v``
+    (``side == 1``, ``v`` of length ``cols``), the start given as ``start_real +
+    i·start_imag`` and ``y`` written to ``out_real + i·out_imag`` (``out_imag`` zero
+    for real data); ``ρ = ‖y‖²``.
+
+    The read of `_tile_split_errors`' gather of a power-iteration block (norms and
+    first product), on the planes and without the copy: loops of plain floats along
+    the rows, which LLVM vectorises (complex values, as in the gather, do not).
+    ``imag`` and the imaginary parts are unused for real data (``complex_values``
+    False)."""
+    norm2 = 0.0
+    if side == 2:
+        for c in range(cols):
+            out_real[c] = 0.0
+            out_imag[c] = 0.0
+    j0 = 0
+    if side == 2 and complex_values:
+        # four rows at a time: ``y`` loaded and stored once per four rows (the loop
+        # is bound by its loads and stores)
+        while j0 + 4 <= rows:
+            r0 = real[row0 + j0 * step, first:first + cols]
+            r1 = real[row0 + (j0 + 1) * step, first:first + cols]
+            r2 = real[row0 + (j0 + 2) * step, first:first + cols]
+            r3 = real[row0 + (j0 + 3) * step, first:first + cols]
+            i0 = imag[row0 + j0 * step, first:first + cols]
+            i1 = imag[row0 + (j0 + 1) * step, first:first + cols]
+            i2 = imag[row0 + (j0 + 2) * step, first:first + cols]
+            i3 = imag[row0 + (j0 + 3) * step, first:first + cols]
+            a0 = start_real[j0]
+            a1 = start_real[j0 + 1]
+            a2 = start_real[j0 + 2]
+            a3 = start_real[j0 + 3]
+            b0 = start_imag[j0]
+            b1 = start_imag[j0 + 1]
+            b2 = start_imag[j0 + 2]
+            b3 = start_imag[j0 + 3]
+            for c in range(cols):
+                norm2 += ((r0[c] * r0[c] + i0[c] * i0[c]) + (r1[c] * r1[c] + i1[c] * i1[c])
+                          + (r2[c] * r2[c] + i2[c] * i2[c]) + (r3[c] * r3[c] + i3[c] * i3[c]))
+                out_real[c] += ((r0[c] * a0 + i0[c] * b0) + (r1[c] * a1 + i1[c] * b1)
+                                + (r2[c] * a2 + i2[c] * b2) + (r3[c] * a3 + i3[c] * b3))
+                out_imag[c] += ((r0[c] * b0 - i0[c] * a0) + (r1[c] * b1 - i1[c] * a1)
+                                + (r2[c] * b2 - i2[c] * a2) + (r3[c] * b3 - i3[c] * a3))
+            j0 += 4
+    for j in range(j0, rows):
+        # slices: indexing with ``first + c`` kept LLVM from vectorising (Numba's
+        # negative-index wraparound)
+        xr = real[row0 + j * step, first:first + cols]
+        if complex_values:
+            xi = imag[row0 + j * step, first:first + cols]
+            if side == 2:  # y += conj(M[j]) u_j
+                ur = start_real[j]
+                ui = start_imag[j]
+                for c in range(cols):
+                    norm2 += xr[c] * xr[c] + xi[c] * xi[c]
+                    out_real[c] += xr[c] * ur + xi[c] * ui
+                    out_imag[c] += xr[c] * ui - xi[c] * ur
+            else:  # y_j = M[j] · v
+                sr = 0.0
+                si = 0.0
+                for c in range(cols):
+                    norm2 += xr[c] * xr[c] + xi[c] * xi[c]
+                    sr += xr[c] * start_real[c] - xi[c] * start_imag[c]
+                    si += xr[c] * start_imag[c] + xi[c] * start_real[c]
+                out_real[j] = sr
+                out_imag[j] = si
+        elif side == 2:
+            ur = start_real[j]
+            for c in range(cols):
+                norm2 += xr[c] * xr[c]
+                out_real[c] += xr[c] * ur
+        else:
+            sr = 0.0
+            for c in range(cols):
+                norm2 += xr[c] * xr[c]
+                sr += xr[c] * start_real[c]
+            out_real[j] = sr
+    length = cols if side == 2 else rows
+    rho = 0.0
+    for c in range(length):
+        rho += out_real[c] * out_real[c]
+        if complex_values:
+            rho += out_imag[c] * out_imag[c]
+        else:  # written all the same: callers combine both parts
+            out_imag[c] = 0.0
+    return norm2, rho
+
+
+@_kernel(fastmath=FASTMATH)
+def _planes_right_residual2(real, imag, row0, step, rows, first, cols, complex_values, x_real,
+                            x_imag, scale):
+    """``(‖M − (M x) xᴴ‖², ‖M x‖²)`` for the block of `_planes_first_product` and the
+    unit right vector ``x = scale·(x_real + i·x_imag)``: `_right_residual2` on the
+    planes.  Row by row: each row's entry ``d`` of ``M x``, then its residual
+    ``Σ_c |M[j, c] − d conj(x_c)|²`` while the row is in L1."""
+    total = 0.0
+    length = 0.0
+    j0 = 0
+    square = scale * scale
+    if complex_values:
+        # four rows at a time: ``x`` loaded once per four rows (the loops are bound
+        # by their loads)
+        while j0 + 4 <= rows:
+            r0 = real[row0 + j0 * step, first:first + cols]
+            r1 = real[row0 + (j0 + 1) * step, first:first + cols]
+            r2 = real[row0 + (j0 + 2) * step, first:first + cols]
+            r3 = real[row0 + (j0 + 3) * step, first:first + cols]
+            i0 = imag[row0 + j0 * step, first:first + cols]
+            i1 = imag[row0 + (j0 + 1) * step, first:first + cols]
+            i2 = imag[row0 + (j0 + 2) * step, first:first + cols]
+            i3 = imag[row0 + (j0 + 3) * step, first:first + cols]
+            d0r = 0.0
+            d0i = 0.0
+            d1r = 0.0
+            d1i = 0.0
+            d2r = 0.0
+            d2i = 0.0
+            d3r = 0.0
+            d3i = 0.0
+            for c in range(cols):
+                vr = x_real[c]
+                vi = x_imag[c]
+                d0r += r0[c] * vr - i0[c] * vi
+                d0i += r0[c] * vi + i0[c] * vr
+                d1r += r1[c] * vr - i1[c] * vi
+                d1i += r1[c] * vi + i1[c] * vr
+                d2r += r2[c] * vr - i2[c] * vi
+                d2i += r2[c] * vi + i2[c] * vr
+                d3r += r3[c] * vr - i3[c] * vi
+                d3i += r3[c] * vi + i3[c] * vr
+            d0r *= square
+            d0i *= square
+            d1r *= square
+            d1i *= square
+            d2r *= square
+            d2i *= square
+            d3r *= square
+            d3i *= square
+            for c in range(cols):
+                vr = x_real[c]
+                vi = x_imag[c]
+                e0r = r0[c] - (d0r * vr + d0i * vi)
+                e0i = i0[c] - (d0i * vr - d0r * vi)
+                e1r = r1[c] - (d1r * vr + d1i * vi)
+                e1i = i1[c] - (d1i * vr - d1r * vi)
+                e2r = r2[c] - (d2r * vr + d2i * vi)
+                e2i = i2[c] - (d2i * vr - d2r * vi)
+                e3r = r3[c] - (d3r * vr + d3i * vi)
+                e3i = i3[c] - (d3i * vr - d3r * vi)
+                total += ((e0r * e0r + e0i * e0i) + (e1r * e1r + e1i * e1i)
+                          + (e2r * e2r + e2i * e2i) + (e3r * e3r + e3i * e3i))
+            length += ((d0r * d0r + d0i * d0i) + (d1r * d1r + d1i * d1i)
+                       + (d2r * d2r + d2i * d2i) + (d3r * d3r + d3i * d3i)) / square
+            j0 += 4
+    for j in range(j0, rows):
+        xr = real[row0 + j * step, first:first + cols]
+        if complex_values:
+            xi = imag[row0 + j * step, first:first + cols]
+            dr = 0.0
+            di = 0.0
+            for c in range(cols):
+                dr += xr[c] * x_real[c] - xi[c] * x_imag[c]
+                di += xr[c] * x_imag[c] + xi[c] * x_real[c]
+            dr *= scale * scale  # d·conj(x) = scale² (Σ M x̃) conj(x̃)
+            di *= scale * scale
+            for c in range(cols):
+                er = xr[c] - (dr * x_real[c] + di * x_imag[c])
+                ei = xi[c] - (di * x_real[c] - dr * x_imag[c])
+                total += er * er + ei * ei
+            length += (dr * dr + di * di) / (scale * scale)
+        else:
+            dr = 0.0
+            for c in range(cols):
+                dr += xr[c] * x_real[c]
+            dr *= scale * scale
+            for c in range(cols):
+                er = xr[c] - dr * x_real[c]
+                total += er * er
+            length += dr * dr / (scale * scale)
+    return total, length
+
+
+@_kernel()
+def _planes_near_exact_power(real, imag, row0, step, rows, first, cols, imaginary, side,
+                             start_real, start_imag, y_real, y_imag, x, z_real, z_imag):
+    """The error of a near-exact power-iteration block read from the row planes (no
+    gathered copy), or ``-1`` when it is not proven accurate (the caller then gathers
+    the block and solves it as before, `_near_exact_power` and `_block_residual2`).
+
+    `_near_exact_power` on the planes, with the start vector's first product formed
+    here (`_planes_first_product`, into ``y_real``, ``y_imag``) instead of during a
+    copy: the same test (near-exact, ``‖M‖² − ρ < CANCELLATION ‖M‖²``) and the same
+    Kato–Temple acceptance (``ρ' − ρ <= RESIDUAL_TOL (2ρ − ‖M‖²)``, which proves the
+    explicit rank-one error within ``RESIDUAL_TOL`` of the best one); the error is
+    that of the rank-one approximation along the normalised first product, right
+    (`_planes_right_residual2`, ``side == 2``) or left (`_planes_near_exact_residual2`,
+    ``side == 1``; ``x``, ``rows`` entries of the solvers' dtype, ``z_real``, ``z_imag``,
+    ``cols``: its workspaces).  ``imaginary`` is ``1j``, or ``0`` for real data.  Blocks
+    whose ``‖M‖²`` is outside ``[SAFE_SUM_LOW, SAFE_SUM_HIGH]`` (zero, NaN or Inf,
+    extreme magnitudes) are refused: the gathered path scans and rescales them.
+    Returns ``(error or -1, ‖M‖²)``."""
+    complex_values = imaginary != 0.0
+    norm2, rho = _planes_first_product(real, imag, row0, step, rows, first, cols,
+                                       complex_values, side, start_real, start_imag, y_real,
+                                       y_imag)
+    if not SAFE_SUM_LOW <= norm2 <= SAFE_SUM_HIGH:
+        return -1.0, norm2
+    if not rho > 0.0 or not 2.0 * rho > norm2 or norm2 - rho >= CANCELLATION * norm2:
+        return -1.0, norm2
+    scale = 1.0 / math.sqrt(rho)
+    if side == 2:  # right vector w/‖w‖
+        residual2, quotient = _planes_right_residual2(real, imag, row0, step, rows, first, cols,
+                                                      complex_values, y_real, y_imag, scale)
+    else:  # left vector u/‖u‖: the rows' residual ‖M − u uᴴ M‖² with x = conj(u)
+        for j in range(rows):
+            x[j] = y_real[j] * scale - imaginary * (y_imag[j] * scale)
+        # and ‖Mᴴ u‖² = ‖z‖²
+        residual2, quotient = _planes_rank_one_residual2(real, imag, row0, step, rows, first, 1, 0,
+                                                         cols, complex_values, x, z_real, z_imag)
+    if quotient - rho <= RESIDUAL_TOL * (2.0 * rho - norm2):
+        return residual2, norm2
+    return -1.0, norm2
 
 
 @_kernel()
@@ -685,7 +1035,45 @@ def _gram_planes(real, imag, row0, step, k, first, runs, run_step, run_length, i
         for p in range(k):
             pr = real[row0 + p * step, base:base + run_length]
             pi = imag[row0 + p * step, base:base + run_length]
-            for q in range(p, k):
+            q0 = p
+            if complex_values:
+                # four entries of the row at a time: ``x_p`` is loaded once for four
+                # products (the loop is bound by its loads: 16 x 16 Gram matrices
+                # of 256-entry runs, 2.2 -> 1.65 ns per entry, Python calls included)
+                while q0 + 4 <= k:
+                    ar = real[row0 + q0 * step, base:base + run_length]
+                    ai = imag[row0 + q0 * step, base:base + run_length]
+                    br = real[row0 + (q0 + 1) * step, base:base + run_length]
+                    bi = imag[row0 + (q0 + 1) * step, base:base + run_length]
+                    cr = real[row0 + (q0 + 2) * step, base:base + run_length]
+                    ci = imag[row0 + (q0 + 2) * step, base:base + run_length]
+                    dr = real[row0 + (q0 + 3) * step, base:base + run_length]
+                    di = imag[row0 + (q0 + 3) * step, base:base + run_length]
+                    s0r = 0.0
+                    s0i = 0.0
+                    s1r = 0.0
+                    s1i = 0.0
+                    s2r = 0.0
+                    s2i = 0.0
+                    s3r = 0.0
+                    s3i = 0.0
+                    for c in range(run_length):
+                        xr = pr[c]
+                        xi = pi[c]
+                        s0r += xr * ar[c] + xi * ai[c]
+                        s0i += xr * ai[c] - xi * ar[c]
+                        s1r += xr * br[c] + xi * bi[c]
+                        s1i += xr * bi[c] - xi * br[c]
+                        s2r += xr * cr[c] + xi * ci[c]
+                        s2i += xr * ci[c] - xi * cr[c]
+                        s3r += xr * dr[c] + xi * di[c]
+                        s3i += xr * di[c] - xi * dr[c]
+                    G[p, q0] += s0r + imaginary * s0i
+                    G[p, q0 + 1] += s1r + imaginary * s1i
+                    G[p, q0 + 2] += s2r + imaginary * s2i
+                    G[p, q0 + 3] += s3r + imaginary * s3i
+                    q0 += 4
+            for q in range(q0, k):
                 qr = real[row0 + q * step, base:base + run_length]
                 sr = 0.0
                 si = 0.0
@@ -759,11 +1147,28 @@ def _derived_gram(grams, offset, by_rows, b1_source, c2_source, tile_rows, width
     return trace
 
 
+@_kernel()
+def _row_plane_kinds(block_rows, block_columns, start_sides):
+    """``(gram_rows, power_rows)``: whether a group has blocks read from row planes
+    (`_fill_row_planes`) for their Gram matrix (at most ``GRAM_SIDE`` rows, no more
+    rows than columns), and power-iteration blocks with start vectors, which read
+    them when near-exact (`_planes_near_exact_power`)."""
+    gram_rows = False
+    power_rows = False
+    for s in range(block_rows.shape[0]):
+        b1 = block_rows[s]
+        c2 = block_columns[s]
+        gram_rows = gram_rows or b1 <= min(c2, GRAM_SIDE)
+        power_rows = power_rows or (min(b1, c2) > GRAM_SIDE and start_sides[s] != 0)
+    return gram_rows, power_rows
+
+
 @_kernel(fastmath=FASTMATH)
 def _tile_split_errors(tile, r, first_column, m, stride, block_rows, block_columns, start_sides,
                        start_offsets, starts, tol, imaginary, gram_plan, grams, row_real,
-                       row_imag, column_real, column_imag, column_spread, row_norm2, u, v, w,
-                       norm2_sums, residual2_sums, exponent_sums, bad):
+                       row_imag, column_real, column_imag, column_spread, row_planes,
+                       planes_only, row_norm2, u, v, w, vectors, near_exact, norm2_sums,
+                       residual2_sums, exponent_sums, bad):
     """The blocks of every split of `_split_errors_tiled_py` in one tile (rows
     ``i*stride + r``, columns from ``first_column``), solved and added to the
     per-split sums (a function of its own: in the ``prange`` body of the parallel
@@ -775,14 +1180,24 @@ def _tile_split_errors(tile, r, first_column, m, stride, block_rows, block_colum
     are read from planes of the tile, filled here once for all the splits: by rows
     (``row_real``, ``row_imag``, `_fill_row_planes`) for the short and wide blocks,
     transposed (``column_real``, ``column_imag``, `_fill_column_planes` with
-    ``column_spread``; ``0``: no such blocks) for the tall and narrow ones."""
+    ``column_spread``; ``0``: no such blocks) for the tall and narrow ones.
+
+    The row planes are filled when ``row_planes`` says so; with ``planes_only`` the
+    caller filled them straight from the matrix (`_copy_planes`) and the tile holds
+    nothing: the few blocks solved from a gathered copy restore their rows into it
+    first (`_restore_block`).  (The column planes are filled from the tile: straight
+    from the matrix, their scattered writes slowed the reads, 45 -> 57 ms for the
+    2048 × 32 tiles at N = 4096.)  The blocks solved by power iteration that have a
+    start vector are tried on the row planes first (`_planes_near_exact_power`:
+    near-exact ones, the error in two reads of the planes, no copy) while
+    ``near_exact[s]`` says that the split's previous block was near-exact; the
+    others, and those it refuses, are gathered from the tile and solved as before
+    (which sets ``near_exact[s]`` again).  ``vectors``: ``(6, max(tile_rows,
+    width))`` float64 workspace."""
     tile_rows, width = tile.shape
     n_splits = block_rows.shape[0]
     complex_values = imaginary != 0.0
-    has_rows = False
-    for s in range(n_splits):
-        has_rows = has_rows or block_rows[s] <= min(block_columns[s], GRAM_SIDE)
-    if has_rows:
+    if row_planes and not planes_only:
         _fill_row_planes(tile, complex_values, row_real, row_imag)
     if column_spread > 0:
         _fill_column_planes(tile, complex_values, column_spread, column_real, column_imag)
@@ -870,6 +1285,26 @@ def _tile_split_errors(tile, r, first_column, m, stride, block_rows, block_colum
                 if min(b1, c2) > GRAM_SIDE:
                     warm = _load_flat_start(starts, start_offsets[s] + (k1 * b2 + j2) * length,
                                             length, side, u, v)
+                    if warm != 0 and near_exact[s] and row_planes:
+                        # a near-exact block (as the previous one was) in two reads
+                        # of the planes, without the gathered copy (the split's
+                        # copies and complex arithmetic cost as much again)
+                        start = u if warm == 2 else v
+                        for a in range(length):
+                            vectors[0, a] = start[a].real
+                            vectors[1, a] = start[a].imag
+                        residual2, norm2 = _planes_near_exact_power(
+                            row_real, row_imag, t, spread, b1, kk * c2, c2, imaginary, warm,
+                            vectors[0], vectors[1], vectors[2], vectors[3], u, vectors[4],
+                            vectors[5])
+                        if residual2 >= 0.0:
+                            norm2_sums[s], residual2_sums[s], exponent_sums[s] = _accumulate(
+                                norm2_sums[s], residual2_sums[s], int(exponent_sums[s]), norm2,
+                                residual2, 0)
+                            continue
+                        near_exact[s] = False
+                if planes_only:  # the block's rows are only in the planes
+                    _restore_block(row_real, row_imag, imaginary, t, spread, b1, kk * c2, c2, tile)
                 if warm == 2:
                     for k2 in range(c2):
                         w[k2] = imaginary * 0.0
@@ -916,12 +1351,118 @@ def _tile_split_errors(tile, r, first_column, m, stride, block_rows, block_colum
                 residual2 = -1.0
                 if exponent == 0:  # not rescaled: ``first`` is the product's
                     residual2 = _near_exact_power(M, b1, c2, norm2, u, w, warm, first)
+                    near_exact[s] = residual2 >= 0.0
                 if residual2 < 0.0:
                     residual2 = _block_residual2(M, b1, c2, row_norm2, norm2, u, v, w, G, tol,
                                                  warm, first)
                 norm2_sums[s], residual2_sums[s], exponent_sums[s] = _accumulate(
                     norm2_sums[s], residual2_sums[s], int(exponent_sums[s]), norm2, residual2,
                     exponent)
+
+
+@_kernel()
+def _copy_tile(matrix, columns, contiguous, r, stride, first_column, tile):
+    """``tile[i, k] = matrix[i·stride + r, columns[first_column + k]]``.  Without a
+    permutation, four rows at a time: the rows are ``stride`` rows apart, so each
+    read starts cold, and four interleaved streams keep four times as many cache
+    misses in flight (N = 4096 complex, one thread: 20 -> 16 ms for the 16 × 2048
+    tiles, 33 -> 21 ms for the 128 × 128 ones, 33 -> 28 ms for the 2048 × 32 ones;
+    eight at a time was slower for the first two)."""
+    tile_rows, width = tile.shape
+    i = 0
+    if contiguous:
+        last = first_column + width
+        while i + 4 <= tile_rows:
+            source0 = matrix[i * stride + r, first_column:last]
+            source1 = matrix[(i + 1) * stride + r, first_column:last]
+            source2 = matrix[(i + 2) * stride + r, first_column:last]
+            source3 = matrix[(i + 3) * stride + r, first_column:last]
+            target0 = tile[i]
+            target1 = tile[i + 1]
+            target2 = tile[i + 2]
+            target3 = tile[i + 3]
+            for k in range(width):
+                target0[k] = source0[k]
+                target1[k] = source1[k]
+                target2[k] = source2[k]
+                target3[k] = source3[k]
+            i += 4
+    while i < tile_rows:
+        row = i * stride + r
+        if contiguous:
+            for k in range(width):
+                tile[i, k] = matrix[row, first_column + k]
+        else:
+            for k in range(width):
+                tile[i, k] = matrix[row, columns[first_column + k]]
+        i += 1
+
+
+@_kernel()
+def _copy_planes(matrix, columns, contiguous, r, stride, first_column, width, complex_values,
+                 real, imag):
+    """The tile of `_copy_tile` as row planes straight from the matrix (the layout of
+    `_fill_row_planes`; ``real`` has the tile's rows): for the groups whose blocks are
+    all read from the row planes, the tile itself is not written (the blocks solved
+    from a gathered copy restore theirs, `_restore_block`).  Four rows at a time, as
+    in `_copy_tile`."""
+    tile_rows = real.shape[0]
+    i = 0
+    if contiguous:
+        last = first_column + width
+        while i + 4 <= tile_rows:
+            source0 = matrix[i * stride + r, first_column:last]
+            source1 = matrix[(i + 1) * stride + r, first_column:last]
+            source2 = matrix[(i + 2) * stride + r, first_column:last]
+            source3 = matrix[(i + 3) * stride + r, first_column:last]
+            real0 = real[i]
+            real1 = real[i + 1]
+            real2 = real[i + 2]
+            real3 = real[i + 3]
+            if complex_values:
+                imag0 = imag[i]
+                imag1 = imag[i + 1]
+                imag2 = imag[i + 2]
+                imag3 = imag[i + 3]
+                for k in range(width):
+                    real0[k] = source0[k].real
+                    imag0[k] = source0[k].imag
+                    real1[k] = source1[k].real
+                    imag1[k] = source1[k].imag
+                    real2[k] = source2[k].real
+                    imag2[k] = source2[k].imag
+                    real3[k] = source3[k].real
+                    imag3[k] = source3[k].imag
+            else:
+                for k in range(width):
+                    real0[k] = source0[k].real
+                    real1[k] = source1[k].real
+                    real2[k] = source2[k].real
+                    real3[k] = source3[k].real
+            i += 4
+    while i < tile_rows:
+        source = matrix[i * stride + r]
+        for k in range(width):
+            value = source[first_column + k] if contiguous else source[columns[first_column + k]]
+            real[i, k] = value.real
+            if complex_values:
+                imag[i, k] = value.imag
+        i += 1
+
+
+@_kernel()
+def _restore_block(real, imag, imaginary, t, spread, rows, first, cols, tile):
+    """``tile[j·spread + t, first:first + cols]`` from the row planes, ``j < rows``
+    (exactly: the planes hold the matrix's values in double precision)."""
+    complex_values = imaginary != 0.0
+    for j in range(rows):
+        row = j * spread + t
+        target = tile[row]
+        for c in range(cols):
+            value = real[row, first + c] + imaginary * 0.0
+            if complex_values:
+                value += imaginary * imag[row, first + c]
+            target[first + c] = value
 
 
 def _split_errors_tiled_py(matrix, columns, contiguous, block_rows, block_columns, start_sides,
@@ -1001,11 +1542,17 @@ def _split_errors_tiled_py(matrix, columns, contiguous, block_rows, block_column
     approximation, computed directly: from the Gram matrix's top eigenvector in two
     sweeps of the block's vectors in the tile's planes (`_planes_near_exact_residual2`;
     the planes are filled once per tile for all the splits of the group, not per
-    block and split), from the start vector's first product in one read of the
-    gathered block for power-iteration blocks (`_near_exact_power`), else from the
-    top singular pair (`_block_residual2`); each is never below the block's best
-    error but for rounding.  A start vector's first product with its block is formed
-    while the block is gathered (one read fewer for the power iteration).
+    block and split), from the start vector's first product for power-iteration
+    blocks, in two reads of the row planes without a copy (`_planes_near_exact_power`,
+    while the split's blocks are near-exact) or one read of the gathered block
+    (`_near_exact_power`), else from the top singular pair (`_block_residual2`); each
+    is never below the block's best error but for rounding.  A start vector's first
+    product with its block is formed while the block is gathered (one read fewer for
+    the power iteration).  When every block of a tile is read from the row planes
+    (no column planes), they are filled straight from the matrix (`_copy_planes`),
+    four rows at a time, and the tile is written only for the blocks gathered from
+    it (`_restore_block`); otherwise the tile is copied (`_copy_tile`) and the planes
+    filled from it.
     """
     m, n = matrix.shape
     n_splits = block_rows.shape[0]
@@ -1016,14 +1563,15 @@ def _split_errors_tiled_py(matrix, columns, contiguous, block_rows, block_column
     widest = block_columns[0]
     imaginary = unit[0]
     complex_values = imaginary != 0.0
-    # the group's blocks read from planes: short and wide ones (by rows), tall and
-    # narrow ones (transposed, ordered by the first such split's spread)
-    has_rows = False
+    # the group's blocks read from planes: short and wide ones and those solved by
+    # power iteration (by rows), tall and narrow ones (transposed, ordered by the
+    # first such split's spread)
+    gram_rows, power_rows = _row_plane_kinds(block_rows, block_columns, start_sides)
+    has_rows = gram_rows or power_rows
     column_spread = 0
     for s in range(n_splits):
         b1 = block_rows[s]
         c2 = block_columns[s]
-        has_rows = has_rows or b1 <= min(c2, GRAM_SIDE)
         if column_spread == 0 and c2 < b1 and c2 <= GRAM_SIDE:
             column_spread = tile_rows // b1
     for chunk in prange(n_chunks):
@@ -1037,6 +1585,8 @@ def _split_errors_tiled_py(matrix, columns, contiguous, block_rows, block_column
         exponent_sums = np.zeros(n_splits, dtype=np.int64)
         bad = np.zeros(n_splits, dtype=np.int64)
         grams = np.empty(gram_size, dtype=work.dtype)
+        vectors = np.empty((6, max(tile_rows, width)))
+        near_exact = np.ones(n_splits, dtype=np.bool_)  # until a block says otherwise
         # planes of the tile (`_tile_split_errors`), by rows and transposed, where
         # the group has such blocks (imaginary planes for complex data only); rows
         # padded by PLANE_PAD entries: a power-of-two stride would put the vectors of
@@ -1051,19 +1601,26 @@ def _split_errors_tiled_py(matrix, columns, contiguous, block_rows, block_column
             # neighbouring tiles share their rows: consecutive column ranges
             r = tile_index // n_column_tiles
             first_column = (tile_index % n_column_tiles) * width
-            for i in range(tile_rows):
-                row = i * stride + r
-                if contiguous:
-                    for k in range(width):
-                        tile[i, k] = matrix[row, first_column + k]
-                else:
-                    for k in range(width):
-                        tile[i, k] = matrix[row, columns[first_column + k]]
+            # row planes for the Gram blocks, and for the power-iteration blocks
+            # while they are near-exact; straight from the matrix when no block
+            # needs the tile (no column planes)
+            row_planes = gram_rows
+            for s in range(n_splits):
+                row_planes = row_planes or (power_rows and near_exact[s]
+                                            and min(block_rows[s], block_columns[s]) > GRAM_SIDE
+                                            and start_sides[s] != 0)
+            planes_only = row_planes and column_spread == 0
+            if planes_only:
+                _copy_planes(matrix, columns, contiguous, r, stride, first_column, width,
+                             complex_values, row_real, row_imag)
+            else:
+                _copy_tile(matrix, columns, contiguous, r, stride, first_column, tile)
             _tile_split_errors(tile, r, first_column, m, stride, block_rows, block_columns,
                                start_sides, start_offsets, starts, tol, imaginary, gram_plan,
                                grams, row_real, row_imag, column_real, column_imag,
-                               column_spread, row_norm2, u, v, w, norm2_sums, residual2_sums,
-                               exponent_sums, bad)
+                               column_spread, row_planes, planes_only, row_norm2, u, v, w,
+                               vectors, near_exact, norm2_sums, residual2_sums, exponent_sums,
+                               bad)
         for s in range(n_splits):
             chunk_norm2[chunk, s] = norm2_sums[s]
             chunk_residual2[chunk, s] = residual2_sums[s]

@@ -513,14 +513,17 @@ def certify(matrix, B: Butterfly) -> Certificate:
     ``~N^1.5`` values).  A balanced factorization costs about two passes (its root
     split and the much smaller nodes below).  Measured on a 2-core machine shared
     with other jobs (``docs/certificate.md``, ``python
-    benchmarks/certificate_bounds.py --cost-only``, load 2-2.5 from other jobs):
-    certify costs 2.4 factorizations of a noisy DFT at N = 1024 and 3.0-3.4 at
-    N = 4096 (CPU time).  Near-exact blocks (every block of a DFT with 1e-7 noise)
-    get their errors from the block once more: two sweeps of the tile's planes for
-    those with a Gram matrix, one read for those solved by power iteration when
-    their start vector (from ``B``) proves good enough.  There certify costs 3.5
-    factorizations at N = 1024 and 4.7 at N = 4096 (CPU time; the near-exact DFT
-    also factorizes faster than the noisy one).
+    benchmarks/certificate_bounds.py --cost-only``, load 0.5-1): certify costs
+    1.7-2.0 factorizations of a noisy DFT at N = 1024 and 2.6-3.0 at N = 4096
+    (CPU time 2.2-2.4 and 2.7-3.0).  Near-exact blocks (every block of a DFT with
+    1e-7 noise) get their errors from the block once more: two sweeps of the tile's
+    planes for those with a Gram matrix (one for blocks of two rows or columns),
+    and for those solved by power iteration two reads of the tile's row planes (the
+    start vector's first product, then the error along it), without a copy of the
+    block, when Kato–Temple proves the start (from ``B``) good enough.  There
+    certify costs 2.3 factorizations at N = 1024 and 3.4-3.8 at N = 4096 (CPU time
+    3.4 and 3.5-3.7; the near-exact DFT also factorizes faster than the noisy
+    one).
     Memory: one copy of the matrix when ``B`` has a row or column permutation or zero
     padding, none otherwise.
 
