@@ -44,10 +44,15 @@ CHUNKS_PER_THREAD = 4
 # 128 x 64 blocks, 1 thread CPU time, median of 5): at load 2.2-3, complex128 368 ms
 # staged (32 MB) against 282 ms with 4 MB panels, complex64 247 against 197 ms; but at
 # load 4.5 (memory shared with other processes) 380-470 against 360-475 ms and 242-252
-# against 331 ms: the sorted reads are more latency bound than staged rows, so the
-# staged size is kept.  (Before sorted reads, 256 kB panels took N = 4096 from 113 to
-# 180 ms; sorted, 76 ms complex128 and 54 ms complex64 against 61 and 44 staged.)
-PANEL_BYTES = 1 << 25
+# against 331 ms.  (Before sorted reads, 256 kB panels took N = 4096 from 113 to 180
+# ms; sorted, 76 ms complex128 and 54 ms complex64 against 61 and 44 staged.)  The
+# whole factorization of that DFT, the two sizes alternating in one process (medians
+# of 5, session 8), 32 MB staged against 4 MB sorted: idle machine, complex128 384 /
+# 318 ms on 1 thread and 220 / 181 ms on 2, complex64 273 / 229 and 159 / 129 ms;
+# beside a process streaming through 128 MB, 716 / 732 ms on 1 thread and 494 / 417 ms
+# on 2.  Two threads' 16 MB panels fill the 32 MB L3 between them; 4 MB panels leave
+# it room, at every thread count.
+PANEL_BYTES = 1 << 22
 # The same where the columns are read in order (no permutation to stage whole rows for):
 # a panel that stays in the L2 cache (1 MB per core here) is solved from there instead of
 # from L3.  Measured (median of 5, load 0.7): 768 x 3072 balanced, 192 x 16 blocks,
