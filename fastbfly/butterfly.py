@@ -401,8 +401,8 @@ class Butterfly:
             apply ``B`` again and again: a C-contiguous ``out`` that shares no memory
             with ``x`` is written by the kernels directly, instead of a fresh result
             array per call, whose first writes cost (DFT N = 4096, 64 vectors, the
-            previous result kept alive: 2.2-3.0 ms per product, 1.4-2.0 ms into a
-            reused ``out``); any other writeable ``out``, ``x`` itself included, is
+            previous result kept alive, two threads: 2.3-2.5 ms per product, 1.4-1.7
+            ms into a reused ``out``); any other writeable ``out``, ``x`` itself included, is
             filled with a copy.
 
         Returns

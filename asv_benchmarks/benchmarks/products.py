@@ -54,8 +54,8 @@ class MatMatInto(MatMat):
     """``B @ X`` into one preallocated result, reused from call to call (fastbfly's
     ``B.dot(X, out=Y)``, numpy's ``matmul(F, X, out=Y)``), as a solver loop that keeps
     its vectors would: no fresh result array, whose first writes cost here (DFT
-    N = 4096, 64 vectors, previous result kept alive: 2.3-3.0 ms against 1.4-2.0 ms
-    into a reused one).  Peers without an output argument are skipped."""
+    N = 4096, 64 vectors, previous result kept alive, two threads: 2.3-2.5 ms against
+    1.4-1.7 ms into a reused one).  Peers without an output argument are skipped."""
 
     def setup(self, n, dtype, peer):
         super().setup(n, dtype, peer)
