@@ -325,27 +325,25 @@ def _fastbfly_operator(variant: str, n: int):
     options = set(variant.split(",")) - {""}
     if options - {"out", "1"}:
         raise ValueError(f"unknown fastbfly variant {variant!r}")
-    product = B.__matmul__
-    if "out" in options:
-        buffers = {}
-
-        def product(X):
-            out = buffers.get(X.shape)
-            if out is None:
-                out = buffers[X.shape] = np.empty(X.shape, dtype=np.result_type(B.dtype, X.dtype))
-            return B.dot(X, out=out)
-    if "1" not in options:
-        return product
-    threaded = product
+    buffers = {}  # with "out": one result array per shape, reused
 
     def product(X):
+        if "out" not in options:
+            return B @ X
+        out = buffers.get(X.shape)
+        if out is None:
+            out = buffers[X.shape] = np.empty(X.shape, dtype=np.result_type(B.dtype, X.dtype))
+        return B.dot(X, out=out)
+
+    def one_thread(X):
         threads = numba.get_num_threads()
         numba.set_num_threads(1)
         try:
-            return threaded(X)
+            return product(X)
         finally:
             numba.set_num_threads(threads)
-    return product
+
+    return one_thread if "1" in options else product
 
 
 def _matvec_operator(lib: str, variant: str, n: int):
