@@ -765,8 +765,9 @@ def main(argv=None):
          f"{os.environ.get('NUMBA_NUM_THREADS', 'unset')}; rows marked `OMP=1` / `NUMBA=1` re-run "
          "with that variable set to 1 (pyfaust's 2-thread single-vector times are erratic; the "
          "fastbfly `NUMBA=1` row shows its serial kernels)")
-    emit(f"- OMP_WAIT_POLICY: {os.environ.get('OMP_WAIT_POLICY', 'unset')} when this script "
-         "started; `import fastbfly` sets PASSIVE in its own processes unless set (see "
+    emit(f"- OMP_WAIT_POLICY: {os.environ.get('OMP_WAIT_POLICY', 'unset')}, GOMP_SPINCOUNT: "
+         f"{os.environ.get('GOMP_SPINCOUNT', 'unset')} when this script started; `import "
+         "fastbfly` sets PASSIVE and 1000 spins in its own processes unless a policy is set (see "
          "fastbfly/__init__.py); peers' rows run in processes that do not import fastbfly, "
          "with their runtimes' defaults")
     emit(f"- timing: median of {args.repeat} samples after one warm-up call, each sample "

@@ -8,14 +8,25 @@ apply the result in ``O(n log n)`` with Numba kernels, as a scipy ``LinearOperat
 import os as _os
 
 # Numba's default threading layer is OpenMP (libgomp), whose idle threads spin for a
-# while (GOMP_SPINCOUNT) after each parallel region before they sleep.  fastbfly runs
-# one region per product or large split, so the spinning buys nothing, and when other
-# processes (or another library's thread pool) share the cores it takes their time:
-# 64 complex128 vectors at N = 4096 on 2 cores with one other busy process took 8-12 ms
-# per product with spinning, 1.0-2.9 ms with passive waiting, and 2.0-2.7 ms on one
-# thread (docs/installation.rst, "Threads").  A value set by the user wins; it takes effect only when
-# no OpenMP runtime has started in this process yet (libgomp reads it when it loads).
-_os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+# while (GOMP_SPINCOUNT: 300000 spins, about 3 ms) after each parallel region before
+# they sleep.  When other processes (or another library's thread pool) share the cores
+# that spinning takes their time: 64 complex128 vectors at N = 4096 on 2 cores with
+# one other busy process took 8-12 ms per product with spinning, 1.0-2.9 ms with
+# passive waiting, and 2.0-2.7 ms on one thread (docs/installation.rst, "Threads").
+# Sleeping at once has its own cost: waking a sleeping thread takes about 37 us here,
+# and a threaded product of a block of vectors runs two regions back to back
+# (`fastbfly._kernels._apply_pairs_tiles_py`).  So idle threads spin for 1000 spins
+# (about 10 us: long enough to catch the next region of the same call) and then sleep.
+# Measured (64 complex128 vectors, N = 4096, 2 threads against 1, medians of 200
+# products): idle machine 1.94-2.06x with the short spin against 1.16-1.65x sleeping
+# at once; beside a process spinning or copying memory on the other core 0.83-0.86x
+# against 0.93-0.96x (one thread is the better choice there either way).  A policy
+# or spin count set by the user wins; they take effect only when no OpenMP runtime
+# has started in this process yet (libgomp reads them when it loads).
+if "OMP_WAIT_POLICY" not in _os.environ:
+    _os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
+    # (libgomp: an explicit GOMP_SPINCOUNT overrides the policy's spin count of 0)
+    _os.environ.setdefault("GOMP_SPINCOUNT", "1000")
 
 from .butterfly import Butterfly, Factor
 from .certificate import Certificate, certify

@@ -344,26 +344,39 @@ WAIT_POLICY_SCRIPT = textwrap.dedent("""
     B = fastbfly.dft_butterfly(4096)
     numba.set_num_threads(2)
     B @ np.ones((4096, 256), complex)  # a threaded product: the OpenMP runtime starts
-    print(os.environ.get("OMP_WAIT_POLICY"), numba.threading_layer(), flush=True)
+    print(os.environ.get("OMP_WAIT_POLICY"), os.environ.get("GOMP_SPINCOUNT"),
+          numba.threading_layer(), flush=True)
     if numba.threading_layer() == "omp":
-        ctypes.CDLL("libgomp.so.1").omp_display_env(0)  # (to stderr)
+        ctypes.CDLL("libgomp.so.1").omp_display_env(1)  # (verbose, to stderr)
 """)
 
 
-@pytest.mark.parametrize("preset", [None, "ACTIVE"])
-def test_openmp_threads_wait_passively_unless_the_user_chose(preset, tmp_path):
-    """``import fastbfly`` makes OpenMP's idle threads sleep instead of spinning (they
-    stole the cores of other processes: see ``fastbfly/__init__.py``), and the runtime
-    Numba loads really uses that policy; a policy set by the user is kept."""
-    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+@pytest.mark.parametrize("preset, spin_preset", [(None, None), ("ACTIVE", None),
+                                                  ("PASSIVE", None), (None, "20000")])
+def test_openmp_threads_wait_briefly_unless_the_user_chose(preset, spin_preset,
+                                                          tmp_path_factory):
+    """``import fastbfly`` makes OpenMP's idle threads spin only briefly (1000 spins)
+    and then sleep, instead of spinning for milliseconds (they stole the cores of other
+    processes: see ``fastbfly/__init__.py``), and the runtime Numba loads really uses
+    that setting; a policy or spin count set by the user is kept, and a policy set by
+    the user gets libgomp's own spin count for it."""
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")}
     if preset is not None:
         env["OMP_WAIT_POLICY"] = preset
-    env.update(NUMBA_NUM_THREADS="2", NUMBA_CACHE_DIR=str(tmp_path / "cache"))
+    if spin_preset is not None:
+        env["GOMP_SPINCOUNT"] = spin_preset
+    # (one private cache for the four cases: the kernels compile once)
+    cache = tmp_path_factory.getbasetemp() / "wait-policy-cache"
+    env.update(NUMBA_NUM_THREADS="2", NUMBA_CACHE_DIR=str(cache))
     result = subprocess.run([sys.executable, "-c", WAIT_POLICY_SCRIPT], env=env,
                             capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
-    policy, layer = result.stdout.split()
+    policy, spin, layer = result.stdout.split()
     expected = preset or "PASSIVE"
-    assert policy == expected
-    if layer == "omp":  # libgomp's own report of the setting it runs with
+    expected_spin = spin_preset or ("1000" if preset is None else "None")
+    assert (policy, spin) == (expected, expected_spin)
+    if layer == "omp":  # libgomp's own report of the settings it runs with
         assert f"OMP_WAIT_POLICY = '{expected}'" in result.stderr
+        if expected_spin != "None":
+            assert f"GOMP_SPINCOUNT = '{expected_spin}'" in result.stderr
