@@ -513,17 +513,17 @@ def certify(matrix, B: Butterfly) -> Certificate:
     ``~N^1.5`` values).  A balanced factorization costs about two passes (its root
     split and the much smaller nodes below).  Measured on a 2-core machine shared
     with other jobs (``docs/certificate.md``, ``python
-    benchmarks/certificate_bounds.py --cost-only``, load 0.5-1): certify costs
-    1.7-2.0 factorizations of a noisy DFT at N = 1024 and 2.6-3.0 at N = 4096
-    (CPU time 2.2-2.4 and 2.7-3.0).  Near-exact blocks (every block of a DFT with
+    benchmarks/certificate_bounds.py --cost-only``, load 0.5-1, sessions 8 and 9):
+    certify costs 1.7-2.5 factorizations of a noisy DFT at N = 1024 and 2.6-3.4 at
+    N = 4096 (CPU time 2.2-2.5 and 2.7-3.4).  Near-exact blocks (every block of a DFT with
     1e-7 noise) get their errors from the block once more: two sweeps of the tile's
     planes for those with a Gram matrix (one for blocks of two rows or columns),
     and for those solved by power iteration two reads of the tile's row planes (the
     start vector's first product, then the error along it), without a copy of the
     block, when Kato–Temple proves the start (from ``B``) good enough.  There
-    certify costs 2.3 factorizations at N = 1024 and 3.4-3.8 at N = 4096 (CPU time
-    3.4 and 3.5-3.7; the near-exact DFT also factorizes faster than the noisy
-    one).
+    certify costs 2.3-2.6 factorizations at N = 1024 and 3.4-4.5 at N = 4096 (CPU
+    time 3.4-4.2 and 3.5-4.5; the near-exact DFT also factorizes faster than the
+    noisy one).
     Memory: one copy of the matrix when ``B`` has a row or column permutation or zero
     padding, none otherwise.
 
