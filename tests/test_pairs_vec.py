@@ -3,7 +3,8 @@
 It applies two or three consecutive factors per pass from values stored in *fused
 order* (``Butterfly._fused_plan``), and `Butterfly._apply` reaches it through a fast
 path for one aligned, contiguous, writeable vector of the butterfly's dtype
-(``Butterfly._vector_path``); every other vector goes through the checks first.  The
+(``Butterfly._vector_path``; complex64 excepted, which is computed in complex128 and
+rounded once); every other vector goes through the checks first.  The
 tests compare with dense references (tests/naive.py) for every pass layout, dtype,
 direction and permutation, check that the fast path is only taken when it may be, and
 that errors are still raised.
@@ -87,29 +88,67 @@ def test_vector_against_dense(rng, name, dtype, mode, permuted):
     got = product(B, x, mode)
     assert got.dtype == dtype and got.shape == (D.shape[0],)
     assert_close(got, D @ x, dtype)
-    path = B._pairs_plans[(adjoint, conjugate)]  # the fast path was built and taken
-    assert path and path[0] == x.shape[0]
-    values, program = B._fused_plan(adjoint, conjugate, np.dtype(dtype))
-    assert path[1] is values and path[2] is program
+    path = B._pairs_plans[(adjoint, conjugate)]
+    compute = butterfly_module.VECTOR_COMPUTE_DTYPES.get(np.dtype(dtype), np.dtype(dtype))
+    values, program = B._fused_plan(adjoint, conjugate, compute)
     assert pass_sizes(program) == CHAINS[name][2 if adjoint else 1]
-    out = np.full(x.shape[0], np.nan, dtype=dtype)
-    _kernels.apply_pairs_vec(values, program, x, out)
-    np.testing.assert_array_equal(out, got)
+    if compute == dtype:  # the fast path was built and taken
+        assert path and path[0] == x.shape[0]
+        assert path[1] is values and path[2] is program
+    else:  # complex64: computed in complex128, rounded once (no fast path)
+        assert path is False
+    out = np.full(x.shape[0], np.nan, dtype=compute)
+    _kernels.apply_pairs_vec(values, program, x.astype(compute), out)
+    np.testing.assert_array_equal(out.astype(dtype), got)
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("use_out", [False, True], ids=["new", "out"])
+def test_complex64_vector_is_rounded_once(rng, mode, use_out):
+    """One complex64 vector is applied in complex128 and rounded once at the end
+    (`butterfly.VECTOR_COMPUTE_DTYPES`): every entry is the complex128 product of the
+    same complex64 factors and vector, rounded to complex64, to within one unit in the
+    last place of the largest entry (complex64 arithmetic throughout would be several
+    times further off after seven factors)."""
+    B = make(rng, "n128", np.complex64, permuted=True)
+    adjoint, conjugate = MODES[mode]
+    x = random_array(rng, 128, np.complex64)
+    wide_factors = [fastbfly.Factor(f.pattern, f.values.astype(np.complex128)) for f in B.factors]
+    B128 = fastbfly.Butterfly(wide_factors, perm=B.perm, row_perm=B.row_perm)
+    want = dense(B128, mode) @ x.astype(np.complex128)  # to double precision
+    if use_out:
+        out = np.full(128, np.nan, dtype=np.complex64)
+        got = (B.matvec(x, out=out) if not adjoint
+               else B.rmatvec(x, out=out) if conjugate else B.T.matvec(x, out=out))
+        assert got is out
+    else:
+        got = product(B, x, mode)
+    assert got.dtype == np.complex64
+    scale = np.abs(want).max()
+    assert np.abs(got - want).max() <= 2.0 ** -23 * scale
+    # and the same bits as the complex128 plan's product, rounded
+    values, program = B._fused_plan(adjoint, conjugate, np.dtype(np.complex128))
+    wide = np.empty(128, dtype=np.complex128)
+    _kernels.apply_pairs_vec(values, program, x.astype(np.complex128), wide)
+    np.testing.assert_array_equal(got, wide.astype(np.complex64))
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=dtype_id)
 @pytest.mark.parametrize("mode", MODES)
 def test_fused_equals_pair_kernel_bitwise(rng, dtype, mode):
     """Fusing passes changes the order of memory accesses, not of the arithmetic: the
-    result is bit for bit that of the one-step-per-pass kernel."""
+    result is bit for bit that of the one-step-per-pass kernel (in the dtype the vector
+    is computed in: complex128 for complex64, rounded at the end)."""
     B = make(rng, "n128", dtype, permuted=True)
     adjoint, conjugate = MODES[mode]
     gather, scatter = (B.row_perm, B.perm) if adjoint else (B.perm, B.row_perm)
-    packed, steps = B._pairs_plan(adjoint, conjugate, np.dtype(dtype))
+    compute = butterfly_module.VECTOR_COMPUTE_DTYPES.get(np.dtype(dtype), np.dtype(dtype))
+    packed, steps = B._pairs_plan(adjoint, conjugate, compute)
     x = random_array(rng, 128, dtype)
-    want = np.empty(128, dtype=dtype)
-    _kernels.apply_pairs(packed, steps, gather, scatter, x, want, np.empty((2, 128), dtype))
-    np.testing.assert_array_equal(product(B, x, mode), want)
+    want = np.empty(128, dtype=compute)
+    _kernels.apply_pairs(packed, steps, gather, scatter, x.astype(compute), want,
+                         np.empty((2, 128), compute))
+    np.testing.assert_array_equal(product(B, x, mode), want.astype(dtype))
 
 
 def test_fused_plan_is_a_reordering(rng):
