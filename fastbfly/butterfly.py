@@ -31,8 +31,9 @@ PARALLEL_MIN_NNZ_VEC = 1 << 21
 # complex64 arithmetic scalar, so complex64 took 1.4x as long as complex128 (DFT, one
 # vector, 10.9 / 48.4 / 228 us against 8.0 / 34.4 / 162 us at N = 1024 / 4096 /
 # 16384).  Converted to complex128, applied there and rounded once at the end:
-# 8.8 / 36.0 / 166 us, with half the rounding error (5.8e-8 against 1.3e-7 relative to
-# the FFT at N = 4096).  (float32 runs as fast as float64 there: no conversion.)
+# 10.5 / 38.9 / 172 us (through `Butterfly._apply`'s checks: no fast path), with half
+# the rounding error (5.8e-8 against 1.3e-7 relative to the FFT at N = 4096).
+# (float32 runs as fast as float64 there: no conversion.)
 VECTOR_COMPUTE_DTYPES = {np.dtype(np.complex64): np.dtype(np.complex128)}
 # The identity permutation, passed to kernels as "no permutation".
 _NO_PERMUTATION = np.empty(0, dtype=np.int64)
@@ -852,16 +853,15 @@ class Butterfly:
         x1 = np.ascontiguousarray(x1, dtype=compute)
         if not x1.flags.writeable:  # one array type per kernel: no recompilation
             x1 = x1.copy()
-        if compute != out_dtype:  # rounded once, at the end
-            result = np.empty(x1.shape[0], dtype=compute)
-            _kernels.apply_pairs_vec(values, program, x1, result)
-            if into is None:
-                return result.astype(out_dtype)
-            into[...] = result
-            return into
-        out = np.empty(x1.shape[0], dtype=out_dtype) if into is None else into
+        direct = compute == out_dtype
+        out = into if direct and into is not None else np.empty(x1.shape[0], dtype=compute)
         _kernels.apply_pairs_vec(values, program, x1, out)
-        return out
+        if direct:
+            return out
+        if into is None:  # rounded once, at the end
+            return out.astype(out_dtype)
+        into[...] = out
+        return into
 
     def _vector_path(self, adjoint: bool, conjugate: bool):
         """``(n, values, program, kernel)`` for the fast path of `_apply` (one vector of
