@@ -1675,15 +1675,38 @@ def _split_errors_rank_r_py(matrix, columns, b1, c1, rank, chunk_norm2, chunk_re
 split_errors_rank_r_serial = _jit(_split_errors_rank_r_py, "_serial")
 
 
-def _gather_py(matrix, rows, columns, out):
+def _gather_py(matrix, rows, columns, out, n_chunks):
     """``out[i, j] = matrix[rows[i], columns[j]]`` (indices valid: checked by the
-    caller).  A row of ``matrix`` stays in cache while it is gathered, and ``out`` is
-    written in order: several times faster than ``numpy.take`` along the columns."""
-    for i in prange(rows.shape[0]):
-        source = matrix[rows[i]]
-        target = out[i]
-        for j in range(columns.shape[0]):
-            target[j] = source[columns[j]]
+    caller), the rows in ``n_chunks`` chunks.  A row of ``matrix`` stays in cache
+    while it is gathered, and ``out`` is written in order: several times faster than
+    ``numpy.take`` along the columns.
+
+    Before gathering a row, the next row of the chunk is read in order, one entry per
+    cache line: read in a permuted order (bit reversal: lines 2048 entries apart), a
+    row's lines each wait for memory, since the hardware prefetcher follows only runs
+    of nearby lines; read in order, they stream.  N = 4096 complex128 with bit
+    reversal, into written memory: 43 -> 27 ms on one thread, 23 -> 13 ms on two (a
+    copy takes 13 ms).  Returns the sum of the lines read, so that the reads stay."""
+    m = rows.shape[0]
+    n = matrix.shape[1]
+    # one entry per 64-byte line (itemsize 4 to 16)
+    line = max(1, 64 // matrix.itemsize)
+    sums = np.zeros(n_chunks)
+    for chunk in prange(n_chunks):
+        first = chunk * m // n_chunks
+        stop = (chunk + 1) * m // n_chunks
+        total = 0.0
+        for i in range(first, stop):
+            if i + 1 < stop:
+                ahead = matrix[rows[i + 1]]
+                for j in range(0, n, line):
+                    total += ahead[j].real
+            source = matrix[rows[i]]
+            target = out[i]
+            for j in range(columns.shape[0]):
+                target[j] = source[columns[j]]
+        sums[chunk] = total
+    return sums.sum()
 
 
 gather_serial = _jit(_gather_py, "_serial")
@@ -1712,61 +1735,40 @@ def _add_scaled(sums, exponent, norm2, inside2, outside2, segment_exponent):
     return exponent
 
 
-@_kernel()
-def _row_error2_in_order(matrix, row, coefficients, shared, groups, rank, n, zero):
+@_kernel(fastmath=FASTMATH)
+def _row_error2_in_order(matrix, row, coefficients, shared, c1, c2, rank, zero):
     """``(‖Z[row]‖², ‖Z[row] − P[row]‖²)`` when the product's columns are in ``Z``'s
-    order: ``P[row, c] = Σ_ρ coefficients[groups[c]*r + ρ] · shared[ρ, c]``, formed in
-    double precision (``zero`` promotes single-precision values).
+    order: ``P[row, g*C2 + k] = Σ_ρ coefficients[g*r + ρ] · shared[ρ, g*C2 + k]``,
+    formed in double precision (``zero`` promotes single-precision values).
 
-    Each sum is kept in four interleaved partial sums: one running sum is bound by the
-    latency of its additions (~4 cycles an entry), four independent ones are not
-    (measured, 1024 x 1024 rank 2: 1.6 ms against 3.5 ms through the general loop),
-    and the order is fixed, so the result is deterministic.
+    Column group by column group, so the coefficients are constant along each
+    contiguous run of ``C2`` entries, and with reassociation (`FASTMATH`: pure sums of
+    squares, never rescaled here), so LLVM vectorises the run and its two sums: at
+    N = 4096 complex, rank one, 21 -> 11 ms for the pass on two threads against the
+    entry-by-entry loop with four fixed partial sums (the order of the additions is
+    fixed by the compiled code, so the result is deterministic).
     """
-    norm0 = 0.0
-    norm1 = 0.0
     norm2 = 0.0
-    norm3 = 0.0
-    error0 = 0.0
-    error1 = 0.0
     error2 = 0.0
-    error3 = 0.0
-    quads = n // 4 * 4
-    for c in range(0, quads, 4):
-        g0 = groups[c] * rank
-        g1 = groups[c + 1] * rank
-        g2 = groups[c + 2] * rank
-        g3 = groups[c + 3] * rank
-        v0 = (coefficients[g0] + zero) * shared[0, c]
-        v1 = (coefficients[g1] + zero) * shared[0, c + 1]
-        v2 = (coefficients[g2] + zero) * shared[0, c + 2]
-        v3 = (coefficients[g3] + zero) * shared[0, c + 3]
-        for rho in range(1, rank):
-            v0 += (coefficients[g0 + rho] + zero) * shared[rho, c]
-            v1 += (coefficients[g1 + rho] + zero) * shared[rho, c + 1]
-            v2 += (coefficients[g2 + rho] + zero) * shared[rho, c + 2]
-            v3 += (coefficients[g3 + rho] + zero) * shared[rho, c + 3]
-        x0 = matrix[row, c] + zero
-        x1 = matrix[row, c + 1] + zero
-        x2 = matrix[row, c + 2] + zero
-        x3 = matrix[row, c + 3] + zero
-        norm0 += _abs2(x0)
-        norm1 += _abs2(x1)
-        norm2 += _abs2(x2)
-        norm3 += _abs2(x3)
-        error0 += _abs2(x0 - v0)
-        error1 += _abs2(x1 - v1)
-        error2 += _abs2(x2 - v2)
-        error3 += _abs2(x3 - v3)
-    for c in range(quads, n):
-        g0 = groups[c] * rank
-        v0 = (coefficients[g0] + zero) * shared[0, c]
-        for rho in range(1, rank):
-            v0 += (coefficients[g0 + rho] + zero) * shared[rho, c]
-        x0 = matrix[row, c] + zero
-        norm0 += _abs2(x0)
-        error0 += _abs2(x0 - v0)
-    return (norm0 + norm1) + (norm2 + norm3), (error0 + error1) + (error2 + error3)
+    for group in range(c1):
+        first = group * c2
+        if rank == 1:
+            coefficient = coefficients[group] + zero
+            # ``first + k``, not ``range(first, first + c2)``: with the latter the loop
+            # was not vectorised (28 against 9 ms)
+            for k in range(c2):
+                entry = matrix[row, first + k] + zero
+                norm2 += _abs2(entry)
+                error2 += _abs2(entry - coefficient * shared[0, first + k])
+        else:
+            for k in range(c2):
+                value = (coefficients[group * rank] + zero) * shared[0, first + k]
+                for rho in range(1, rank):
+                    value += (coefficients[group * rank + rho] + zero) * shared[rho, first + k]
+                entry = matrix[row, first + k] + zero
+                norm2 += _abs2(entry)
+                error2 += _abs2(entry - value)
+    return norm2, error2
 
 
 def _product_error_py(matrix, inverse, groups, row_inside, column_inside, left, right, b1, c1, rank,
@@ -1852,7 +1854,7 @@ def _product_error_py(matrix, inverse, groups, row_inside, column_inside, left, 
                 outside2 = 0.0
                 if in_order and everything_inside:  # factorize's case: plain runs
                     norm2, inside2 = _row_error2_in_order(matrix, row, coefficients, shared,
-                                                          groups, rank, n, zero)
+                                                          c1, c2, rank, zero)
                 elif rank == 1 and everything_inside:  # lean, through the permutation
                     for c in range(n):
                         entry = matrix[row, c] + zero

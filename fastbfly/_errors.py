@@ -20,9 +20,10 @@ from .patterns import Chain
 # Matrices from this many entries are processed by the threaded kernels (below it the
 # thread start-up costs more than it saves on 2 cores; same threshold as factorize).
 PARALLEL_MIN_SIZE = 1 << 16
-# The product's error pass is memory-bound: measured on 2 shared cores, two threads were
-# no faster at N = 4096 and 2.6x slower at N = 1024 (thread wake-ups), so it stays serial
-# below this size.
+# The product's error pass is nearly memory-bound: measured on 2 cores, each call after
+# 20 ms idle (threads asleep, caches cold), two threads against one take 9.8 against
+# 16.8 ms at N = 4096 but 5.0 against 4.4 ms at N = 2048 and 1.3 against 1.1 ms at
+# N = 1024 (thread wake-ups), so it stays serial below this size.
 PRODUCT_PARALLEL_MIN_SIZE = 1 << 24
 # Tasks are handed out in this many chunks per thread (load balance vs. overhead).
 CHUNKS_PER_THREAD = 4
@@ -260,9 +261,9 @@ def gather(matrix: np.ndarray, rows=None, columns=None) -> np.ndarray:
     rows = np.arange(m, dtype=np.int64) if rows is None else np.ascontiguousarray(rows, dtype=np.int64)
     columns = np.arange(n, dtype=np.int64) if columns is None else np.ascontiguousarray(columns, dtype=np.int64)
     out = np.empty((len(rows), len(columns)), dtype=matrix.dtype)
-    parallel, _ = _chunks(out.size, len(rows))
+    parallel, n_chunks = _chunks(out.size, len(rows))
     (_error_kernels.gather_parallel if parallel else _error_kernels.gather_serial)(
-        np.ascontiguousarray(matrix), rows, columns, out)
+        np.ascontiguousarray(matrix), rows, columns, out, n_chunks)
     return out
 
 

@@ -666,6 +666,48 @@ def test_gather_matches_numpy(rng):
     np.testing.assert_array_equal(gather(Z, rows, None), Z[rows])
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64, np.complex64, np.complex128])
+@pytest.mark.parametrize("parallel", [False, True])
+@pytest.mark.parametrize("n_chunks", [1, 3, 7])
+def test_gather_kernels_in_chunks(rng, dtype, parallel, n_chunks):
+    # every chunk reads its next row ahead (one entry per cache line), the last row of
+    # a chunk reads none; chunks of one row and a row shorter than a cache line
+    from fastbfly import _error_kernels
+
+    kernel = _error_kernels.gather_parallel if parallel else _error_kernels.gather_serial
+    for shape in ((7, 3), (10, 37)):
+        Z = random_array(rng, shape, dtype)
+        rows = rng.permutation(shape[0]).astype(np.int64)
+        columns = rng.permutation(shape[1]).astype(np.int64)
+        out = np.zeros(shape, dtype=dtype)
+        kernel(Z, rows, columns, out, n_chunks)
+        np.testing.assert_array_equal(out, Z[np.ix_(rows, columns)])
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64, np.complex64, np.complex128])
+@pytest.mark.parametrize("chain", [fastbfly.Chain.square_dyadic(64), fastbfly.Chain.auto(12, 30, 3),
+                                   fastbfly.Chain.auto(32, 32, 3, 2), fastbfly.Chain.auto(48, 48, 3, 3)],
+                         ids=["dyadic64", "12x30", "rank2", "rank3"])
+def test_product_errors_in_order_match_the_dense_difference(rng, dtype, chain):
+    # the pass without a permutation sums each column group's run with one coefficient
+    # per rank (vectorised); the product is formed in double precision from two fused
+    # factors, fused in the values' precision (single: ~1e-7 of the norm off)
+    from fastbfly._errors import product_errors
+
+    factors = random_factors(rng, chain, dtype)
+    wide = np.complex128 if np.dtype(dtype).kind == "c" else np.float64
+    exact = fastbfly.Butterfly([fastbfly.Factor(f.pattern, f.values.astype(wide))
+                                for f in factors]).toarray()
+    for level in (0.0, 1e-3, 0.5):
+        Z = noisy(rng, exact, level).astype(dtype) if level else exact.astype(dtype)
+        norm, inside, total = product_errors(Z, chain, [f.values for f in factors])
+        difference = Z.astype(wide) - exact
+        assert norm == pytest.approx(np.linalg.norm(Z.astype(wide)), rel=1e-12)
+        assert inside == total
+        rounding = 1e-13 if np.dtype(dtype) == np.dtype(wide) else 1e-6
+        assert total == pytest.approx(np.linalg.norm(difference), rel=1e-10, abs=rounding * norm)
+
+
 @pytest.mark.parametrize("n", [64, 256])
 @pytest.mark.parametrize("level", [1e-1, 1e-2, 3e-3, 1e-3, 1e-5, 1e-7])
 def test_split_errors_of_a_noisy_dft_match_lapack_at_every_noise_level(rng, n, level):
