@@ -1771,6 +1771,24 @@ def _row_error2_in_order(matrix, row, coefficients, shared, c1, c2, rank, zero):
     return norm2, error2
 
 
+@_kernel()
+def _gather_row_ahead(matrix, row, ahead, columns, gathered):
+    """``gathered[0, p] = matrix[row, columns[p]]``, after reading row ``ahead`` (if
+    ``>= 0``) in order, one entry per cache line (see `_gather_py`: the next row then
+    streams in while this one is permuted from cache).  Returns the sum of the entries
+    read ahead, so that the reads stay."""
+    n = matrix.shape[1]
+    total = 0.0
+    if ahead >= 0:
+        line = max(1, 64 // matrix.itemsize)
+        for k in range(0, n, line):
+            total += matrix[ahead, k].real
+    target = gathered[0]
+    for p in range(n):
+        target[p] = matrix[row, columns[p]]
+    return total
+
+
 def _product_error_py(matrix, inverse, groups, row_inside, column_inside, left, right, b1, c1, rank,
                       work, n_chunks, chunk_sums, chunk_exponent):
     """``‖Z‖²`` and ``‖Z − P‖²`` in one pass, for a product ``P = X_1⋯X_L`` given at
@@ -1827,17 +1845,25 @@ def _product_error_py(matrix, inverse, groups, row_inside, column_inside, left, 
         everything_inside = everything_inside and row_inside[row]
     for c in range(n):
         everything_inside = everything_inside and column_inside[c] == 1.0
-    # no column permutation: rows of the product and of Z line up (`_product_row`)
+    # no column permutation: rows of the product and of Z line up (`_row_error2_in_order`)
     in_order = True
     for c in range(n):
         in_order = in_order and inverse[c] == c
+    columns = np.empty(n, dtype=np.int64)  # the gather: Z's column of each product column
+    for c in range(n):
+        columns[inverse[c]] = c
+    read_ahead = np.zeros(n_chunks)  # stored, so that the reads ahead are not optimised away
     for chunk in prange(n_chunks):
         shared = np.empty((rank, n), dtype=right.dtype)
         coefficients = np.empty(c1 * rank, dtype=left.dtype)
         product = np.empty(n, dtype=work.dtype)
+        # a row of Z in the product's order (`_gather_row_ahead`)
+        gathered = np.empty((0 if in_order else 1, n), dtype=matrix.dtype)
         sums = np.zeros(3)
         exponent = 0
-        for j2 in range(chunk * b2 // n_chunks, (chunk + 1) * b2 // n_chunks):
+        first_j2 = chunk * b2 // n_chunks
+        stop_j2 = (chunk + 1) * b2 // n_chunks
+        for j2 in range(first_j2, stop_j2):
             for rho in range(rank):
                 for k1 in range(c1):
                     for k2 in range(c2):
@@ -1855,11 +1881,14 @@ def _product_error_py(matrix, inverse, groups, row_inside, column_inside, left, 
                 if in_order and everything_inside:  # factorize's case: plain runs
                     norm2, inside2 = _row_error2_in_order(matrix, row, coefficients, shared,
                                                           c1, c2, rank, zero)
-                elif rank == 1 and everything_inside:  # lean, through the permutation
-                    for c in range(n):
-                        entry = matrix[row, c] + zero
-                        norm2 += _abs2(entry)
-                        inside2 += _abs2(entry - (coefficients[groups[c]] + zero) * shared[0, inverse[c]])
+                elif everything_inside:  # through the permutation: the row put in order
+                    if j1 + 1 < b1:
+                        ahead = row + b2
+                    else:
+                        ahead = j2 + 1 if j2 + 1 < stop_j2 else -1
+                    read_ahead[chunk] += _gather_row_ahead(matrix, row, ahead, columns, gathered)
+                    norm2, inside2 = _row_error2_in_order(gathered, 0, coefficients, shared,
+                                                          c1, c2, rank, zero)
                 else:
                     for c in range(n):
                         position = inverse[c]

@@ -688,20 +688,25 @@ def test_gather_kernels_in_chunks(rng, dtype, parallel, n_chunks):
 @pytest.mark.parametrize("chain", [fastbfly.Chain.square_dyadic(64), fastbfly.Chain.auto(12, 30, 3),
                                    fastbfly.Chain.auto(32, 32, 3, 2), fastbfly.Chain.auto(48, 48, 3, 3)],
                          ids=["dyadic64", "12x30", "rank2", "rank3"])
-def test_product_errors_in_order_match_the_dense_difference(rng, dtype, chain):
-    # the pass without a permutation sums each column group's run with one coefficient
-    # per rank (vectorised); the product is formed in double precision from two fused
-    # factors, fused in the values' precision (single: ~1e-7 of the norm off)
+@pytest.mark.parametrize("permuted", [False, True])
+def test_product_errors_match_the_dense_difference(rng, dtype, chain, permuted):
+    # each row (put in the product's column order first when the columns are permuted)
+    # is summed column group by column group, one coefficient per rank (vectorised); the
+    # product is formed in double precision from two fused factors, fused in the
+    # values' precision (single: ~1e-7 of the norm off)
     from fastbfly._errors import product_errors
 
     factors = random_factors(rng, chain, dtype)
     wide = np.complex128 if np.dtype(dtype).kind == "c" else np.float64
     exact = fastbfly.Butterfly([fastbfly.Factor(f.pattern, f.values.astype(wide))
                                 for f in factors]).toarray()
+    columns = rng.permutation(exact.shape[1]) if permuted else None
     for level in (0.0, 1e-3, 0.5):
         Z = noisy(rng, exact, level).astype(dtype) if level else exact.astype(dtype)
-        norm, inside, total = product_errors(Z, chain, [f.values for f in factors])
-        difference = Z.astype(wide) - exact
+        if permuted:  # Z[:, columns] approximates the product
+            Z = np.ascontiguousarray(Z[:, np.argsort(columns)])
+        norm, inside, total = product_errors(Z, chain, [f.values for f in factors], columns)
+        difference = (Z if columns is None else Z[:, columns]).astype(wide) - exact
         assert norm == pytest.approx(np.linalg.norm(Z.astype(wide)), rel=1e-12)
         assert inside == total
         rounding = 1e-13 if np.dtype(dtype) == np.dtype(wide) else 1e-6
