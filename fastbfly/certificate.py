@@ -491,39 +491,37 @@ def certify(matrix, B: Butterfly) -> Certificate:
     exact complex64 DFT at N = 4096, ``lower_bound`` is ``1.8e-8 ‖matrix‖`` and
     ``actual_error`` ``4.4e-7 ‖matrix‖``.
 
-    **Cost.**  ``actual_error`` is one pass over the matrix, plus one gather when
-    ``B`` has permutations; when ``B`` fits to rounding that is all (the exact DFT:
-    certify costs 1.0-1.1 and 1.4-1.5 factorizations at N = 1024 and 4096, the
-    bit-reversal gather included).  Otherwise each ``E_l`` is an exact two-factor problem of its
-    own, but the
-    splits share memory traffic and, at the ends of the chain, arithmetic.  A tile
-    of the matrix (rows ``i·m/R + r`` for ``i < R``, consecutive columns) holds whole
-    blocks of several consecutive rank-one splits at once (``R`` rows per block of
+    **Cost.**  ``actual_error`` is one pass over the matrix, plus one gather when ``B``
+    has permutations; when ``B`` fits to rounding that is all (the exact DFT: certify
+    costs 0.5-0.7 and 1.0-1.1 factorizations at N = 1024 and 4096, the bit-reversal
+    gather included).  Otherwise each ``E_l`` is an exact two-factor problem of its own,
+    but the splits share memory traffic and, at the ends of the chain, arithmetic.  A
+    tile of the matrix (rows ``i·m/R + r`` for ``i < R``, consecutive columns) holds
+    whole blocks of several consecutive rank-one splits at once (``R`` rows per block of
     the last, the columns of a block of the first): tiles of at most 1 MiB are copied
     once into cache and the blocks of all those splits solved from there, so the
-    ``L − 1`` splits cost one pass over the matrix per group (2 passes for the 9
-    splits of N = 1024, 3 for the 11 of N = 4096 and for the 12 of N = 8192,
-    complex128; a split of rank > 1 is a pass of its own, an SVD per block).  The
-    blocks of neighbouring splits nest (a block of split ``l + 1`` is the union of
-    blocks of split ``l`` cut to fewer columns), so the Gram matrices of the splits
-    with 2 to 8 rows are sums of those of the 16-row split, and the same for columns:
-    at N = 4096 only splits 4 and 8 form Gram matrices from the data, and only 5, 6
-    and 7 run power iteration.  The only factor values built for the ``E_l`` are
-    the start vectors (``B`` fused on the cheaper side of each split, at most
-    ``~N^1.5`` values).  A balanced factorization costs about two passes (its root
-    split and the much smaller nodes below).  Measured on a 2-core machine shared
-    with other jobs (``docs/certificate.md``, ``python
-    benchmarks/certificate_bounds.py --cost-only``, load 0.5-1, sessions 8 and 9):
-    certify costs 1.7-2.5 factorizations of a noisy DFT at N = 1024 and 2.6-3.4 at
-    N = 4096 (CPU time 2.2-2.5 and 2.7-3.4).  Near-exact blocks (every block of a DFT with
-    1e-7 noise) get their errors from the block once more: two sweeps of the tile's
-    planes for those with a Gram matrix (one for blocks of two rows or columns),
-    and for those solved by power iteration two reads of the tile's row planes (the
-    start vector's first product, then the error along it), without a copy of the
-    block, when Kato–Temple proves the start (from ``B``) good enough.  There
-    certify costs 2.3-2.6 factorizations at N = 1024 and 3.4-4.5 at N = 4096 (CPU
-    time 3.4-4.2 and 3.5-4.5; the near-exact DFT also factorizes faster than the
-    noisy one).
+    ``L − 1`` splits cost one pass over the matrix per group (2 passes for the 9 splits
+    of N = 1024, 3 for the 11 of N = 4096 and for the 12 of N = 8192, complex128; a
+    split of rank > 1 is a pass of its own, an SVD per block).  The blocks of
+    neighbouring splits nest (a block of split ``l + 1`` is the union of blocks of split
+    ``l`` cut to fewer columns), so the Gram matrices of the splits with 2 to 8 rows are
+    sums of those of the 16-row split, and the same for columns: at N = 4096 only splits
+    4 and 8 form Gram matrices from the data, and only 5, 6 and 7 run power
+    iteration.  The only factor values built for the ``E_l`` are the start vectors (``B``
+    fused on the cheaper side of each split, at most ``~N^1.5`` values).  A balanced
+    factorization costs about two passes (its root split and the much smaller nodes
+    below).  Measured on a 2-core machine shared with other jobs
+    (``docs/certificate.md``, ``python benchmarks/certificate_bounds.py --cost-only``,
+    load 0.7-0.8, session 10, three runs): certify costs 1.6-2.1 factorizations of a
+    noisy DFT at N = 1024 and 2.7-3.0 at N = 4096 (CPU time 1.8-2.3 and
+    2.6-2.9).  Near-exact blocks (every block of a DFT with 1e-7 noise) get their errors
+    from the block once more: two sweeps of the tile's planes for those with a Gram
+    matrix (one for blocks of two rows or columns), and for those solved by power
+    iteration two reads of the tile's row planes (the start vector's first product, then
+    the error along it), without a copy of the block, when Kato–Temple proves the start
+    (from ``B``) good enough.  There certify costs 2.4-3.5 factorizations at N = 1024 and
+    3.4-4.0 at N = 4096 (CPU time 3.5-3.8 and 3.8-4.0; the near-exact DFT also
+    factorizes faster than the noisy one).
     Memory: one copy of the matrix when ``B`` has a row or column permutation or zero
     padding, none otherwise.
 
