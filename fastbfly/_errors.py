@@ -332,8 +332,11 @@ def fuse_values(chain: Chain, values, start: int, stop: int) -> np.ndarray:
         # (a, B1, c1*r, b2*d) -> (a, B1, c1, r, b2, d);  (a*c1, r*b2, C2, d) -> (a, c1, r, b2, C2, d)
         lhs = product.reshape(a, b1, c1, rank, b2, d)
         rhs = np.asarray(values[index]).reshape(a, c1, rank, b2, c2, d)
-        # -> (a, B1, b2, c1, C2, d) = (a, B, C, d)
-        product = np.einsum("ijkrst,ikrsqt->ijskqt", lhs, rhs).reshape(tuple(node))
+        # -> (a, B1, b2, c1, C2, d) = (a, B, C, d), written in that order (einsum's own
+        # result has its operands' order, and the reshape then copied it: N = 4096,
+        # both halves of the DFT's chain, 6.0 -> 3.5 ms)
+        out = np.empty((a, b1, b2, c1, c2, d), dtype=np.result_type(lhs, rhs))
+        product = np.einsum("ijkrst,ikrsqt->ijskqt", lhs, rhs, out=out).reshape(tuple(node))
     return product
 
 
