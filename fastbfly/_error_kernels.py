@@ -15,7 +15,7 @@ columns are read through a gather ``columns``: entry ``(row, col)`` is
   as two fused factors at one split, ``X_1⋯X_h`` and ``X_{h+1}⋯X_L``: entry
   ``(j1*b2 + j2, k1*C2 + k2)`` of the product is
   ``Σ_ρ left[j1, k1*r + ρ, j2] · right[k1, ρ*b2 + j2, k2]``, one pass over ``Z`` in
-  memory order (the permutation is applied to the product's small buffers instead).
+  memory order (a permuted row is put in the product's order in cache first).
 
 Sums of squares are kept in units of ``4**exponent`` (see ``_kernels._accumulate``), so
 entries near the largest float neither overflow nor lose their error to rounding.
@@ -1772,8 +1772,8 @@ def _row_error2_in_order(matrix, row, coefficients, shared, c1, c2, rank, zero):
 
 
 @_kernel()
-def _gather_row_ahead(matrix, row, ahead, columns, gathered):
-    """``gathered[0, p] = matrix[row, columns[p]]``, after reading row ``ahead`` (if
+def _gather_row_ahead(matrix, row, ahead, columns, target):
+    """``target[0, p] = matrix[row, columns[p]]``, after reading row ``ahead`` (if
     ``>= 0``) in order, one entry per cache line (see `_gather_py`: the next row then
     streams in while this one is permuted from cache).  Returns the sum of the entries
     read ahead, so that the reads stay."""
@@ -1783,13 +1783,12 @@ def _gather_row_ahead(matrix, row, ahead, columns, gathered):
         line = max(1, 64 // matrix.itemsize)
         for k in range(0, n, line):
             total += matrix[ahead, k].real
-    target = gathered[0]
     for p in range(n):
-        target[p] = matrix[row, columns[p]]
+        target[0, p] = matrix[row, columns[p]]
     return total
 
 
-def _product_error_py(matrix, inverse, groups, row_inside, column_inside, left, right, b1, c1, rank,
+def _product_error_py(matrix, columns, row_inside, column_inside, left, right, b1, c1, rank,
                       work, n_chunks, chunk_sums, chunk_exponent):
     """``‖Z‖²`` and ``‖Z − P‖²`` in one pass, for a product ``P = X_1⋯X_L`` given at
     one split and compared with ``Z[:, columns]``.
@@ -1798,15 +1797,13 @@ def _product_error_py(matrix, inverse, groups, row_inside, column_inside, left, 
     ----------
     matrix : (m, n) array
         ``Z`` (entries outside the problem, e.g. zero padding, are zero).
-    inverse : (n,) int64 array
-        ``inverse[c]``: the column of ``P`` compared with column ``c`` of ``Z`` (the
-        inverse of the column gather ``columns``).
-    groups : (n,) int64 array
-        ``inverse // C2``: the column group of that product column (precomputed: an
-        integer division per entry would cost more than the rest of the loop).
-    row_inside, column_inside : (m,) / (n,) bool arrays
-        Entries of ``Z`` whose row and column are both inside count as "inside", the
-        others as "outside" (the zero padding a product may write into).
+    columns : (n,) int64 array
+        The gather: column ``p`` of ``P`` is compared with column ``columns[p]`` of
+        ``Z``.
+    row_inside, column_inside : (m,) bool / (n,) float64 arrays
+        Per row and column of ``P``: entries whose row and column are both inside
+        (``column_inside`` 1.0) count as "inside", the others as "outside" (the zero
+        padding a product may write into).
     left : (b1, c1*rank, b2) array
         Values of ``X_1⋯X_h`` (pattern ``(1, b1, c1·rank, b2)``, ``a`` dropped).
     right : (c1, rank*b2, C2) array
@@ -1828,13 +1825,17 @@ def _product_error_py(matrix, inverse, groups, row_inside, column_inside, left, 
     Notes
     -----
     A task is one ``j2``: the rows ``j1*b2 + j2`` all use the same ``rank·n`` values
-    ``right[:, ρ*b2 + j2, :]``, copied once into a buffer in the product's column order.
-    Each row of ``Z`` is then read once, contiguously, whatever the permutation: the
-    scattered reads go to that buffer and to the row's ``c1·rank`` coefficients, both
-    small enough to stay in cache.  Products and differences are formed in double
-    precision (``left`` and ``right`` hold the fused values in the factors' own
-    precision); rows whose sums of squares are extreme are redone rescaled by a power
-    of two before squaring.
+    ``right[:, ρ*b2 + j2, :]``, copied once into a buffer.  Each row of ``Z`` is read
+    once, in memory order; when the columns are permuted, it is first put in the
+    product's order (in a buffer in cache: `_gather_row_ahead`, the next row read
+    ahead).  The sums then run over each column group's ``C2`` contiguous entries with
+    one coefficient per rank (`_row_error2_in_order`, vectorised).  Products and
+    differences are formed in double precision (``left`` and ``right`` hold the fused
+    values in the factors' own precision); rows whose sums of squares are extreme are
+    redone rescaled by a power of two before squaring.  Through a bit reversal at
+    N = 4096 (complex, two threads) the pass took 22 ms reading ``Z`` through the
+    permutation entry by entry, 14 ms with each row put in order first, against 9 ms
+    without a permutation.
     """
     m, n = matrix.shape
     b2 = m // b1
@@ -1845,19 +1846,15 @@ def _product_error_py(matrix, inverse, groups, row_inside, column_inside, left, 
         everything_inside = everything_inside and row_inside[row]
     for c in range(n):
         everything_inside = everything_inside and column_inside[c] == 1.0
-    # no column permutation: rows of the product and of Z line up (`_row_error2_in_order`)
-    in_order = True
+    in_order = True  # the columns of the product and of Z line up
     for c in range(n):
-        in_order = in_order and inverse[c] == c
-    columns = np.empty(n, dtype=np.int64)  # the gather: Z's column of each product column
-    for c in range(n):
-        columns[inverse[c]] = c
+        in_order = in_order and columns[c] == c
     read_ahead = np.zeros(n_chunks)  # stored, so that the reads ahead are not optimised away
     for chunk in prange(n_chunks):
         shared = np.empty((rank, n), dtype=right.dtype)
         coefficients = np.empty(c1 * rank, dtype=left.dtype)
         product = np.empty(n, dtype=work.dtype)
-        # a row of Z in the product's order (`_gather_row_ahead`)
+        # a row of Z in the product's order
         gathered = np.empty((0 if in_order else 1, n), dtype=matrix.dtype)
         sums = np.zeros(3)
         exponent = 0
@@ -1872,37 +1869,40 @@ def _product_error_py(matrix, inverse, groups, row_inside, column_inside, left, 
                 row = j1 * b2 + j2
                 for q in range(c1 * rank):
                     coefficients[q] = left[j1, q, j2]
+                # the row in the product's order: ``source[line]``
+                source = matrix
+                line = row
+                if not in_order:
+                    if j1 + 1 < b1:
+                        ahead = row + b2
+                    else:
+                        ahead = j2 + 1 if j2 + 1 < stop_j2 else -1
+                    source = gathered
+                    line = 0
+                    read_ahead[chunk] += _gather_row_ahead(matrix, row, ahead, columns, gathered)
                 all_inside = 1.0 if row_inside[row] else 0.0
                 # Fast path: the sums as they come, accepted when their size shows that
                 # no square overflowed and none that matters vanished.
                 norm2 = 0.0
                 inside2 = 0.0
                 outside2 = 0.0
-                if in_order and everything_inside:  # factorize's case: plain runs
-                    norm2, inside2 = _row_error2_in_order(matrix, row, coefficients, shared,
-                                                          c1, c2, rank, zero)
-                elif everything_inside:  # through the permutation: the row put in order
-                    if j1 + 1 < b1:
-                        ahead = row + b2
-                    else:
-                        ahead = j2 + 1 if j2 + 1 < stop_j2 else -1
-                    read_ahead[chunk] += _gather_row_ahead(matrix, row, ahead, columns, gathered)
-                    norm2, inside2 = _row_error2_in_order(gathered, 0, coefficients, shared,
+                if everything_inside:  # factorize's and certify's case: plain runs
+                    norm2, inside2 = _row_error2_in_order(source, line, coefficients, shared,
                                                           c1, c2, rank, zero)
                 else:
-                    for c in range(n):
-                        position = inverse[c]
-                        group = groups[c]
-                        value = (coefficients[group * rank] + zero) * shared[0, position]
-                        for rho in range(1, rank):
-                            value += (coefficients[group * rank + rho] + zero) * shared[rho, position]
-                        entry = matrix[row, c] + zero
-                        norm2 += _abs2(entry)
-                        error2 = _abs2(entry - value)
-                        # branch-free split between inside and outside
-                        inside = all_inside * column_inside[c]
-                        inside2 += inside * error2
-                        outside2 += (1.0 - inside) * error2
+                    for group in range(c1):
+                        for k in range(c2):
+                            c = group * c2 + k
+                            value = (coefficients[group * rank] + zero) * shared[0, c]
+                            for rho in range(1, rank):
+                                value += (coefficients[group * rank + rho] + zero) * shared[rho, c]
+                            entry = source[line, c] + zero
+                            norm2 += _abs2(entry)
+                            error2 = _abs2(entry - value)
+                            # branch-free split between inside and outside
+                            inside = all_inside * column_inside[c]
+                            inside2 += inside * error2
+                            outside2 += (1.0 - inside) * error2
                 largest = max(norm2, inside2 + outside2)
                 if SAFE_SUM_LOW <= largest <= SAFE_SUM_HIGH:
                     exponent = _add_scaled(sums, exponent, norm2, inside2, outside2, 0)
@@ -1910,16 +1910,16 @@ def _product_error_py(matrix, inverse, groups, row_inside, column_inside, left, 
                 # Slow path (extreme magnitudes, or an all-zero row): the row again,
                 # rescaled by a power of two before squaring.
                 biggest = 0.0
-                for c in range(n):
-                    position = inverse[c]
-                    group = groups[c]
-                    value = (coefficients[group * rank] + zero) * shared[0, position]
-                    for rho in range(1, rank):
-                        value += (coefficients[group * rank + rho] + zero) * shared[rho, position]
-                    product[c] = value
-                    entry = matrix[row, c] + zero
-                    biggest = max(biggest, abs(entry.real), abs(entry.imag),
-                                  abs(product[c].real), abs(product[c].imag))
+                for group in range(c1):
+                    for k in range(c2):
+                        c = group * c2 + k
+                        value = (coefficients[group * rank] + zero) * shared[0, c]
+                        for rho in range(1, rank):
+                            value += (coefficients[group * rank + rho] + zero) * shared[rho, c]
+                        product[c] = value
+                        entry = source[line, c] + zero
+                        biggest = max(biggest, abs(entry.real), abs(entry.imag),
+                                      abs(value.real), abs(value.imag))
                 if biggest == 0.0:
                     continue
                 row_exponent = 0
@@ -1934,7 +1934,7 @@ def _product_error_py(matrix, inverse, groups, row_inside, column_inside, left, 
                 inside2 = 0.0
                 outside2 = 0.0
                 for c in range(n):
-                    entry = ((matrix[row, c] + zero) * first) * second
+                    entry = ((source[line, c] + zero) * first) * second
                     norm2 += _abs2(entry)
                     error2 = _abs2(entry - (product[c] * first) * second)
                     inside = all_inside * column_inside[c]

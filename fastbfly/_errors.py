@@ -343,8 +343,9 @@ def fuse_values(chain: Chain, values, start: int, stop: int) -> np.ndarray:
 def product_errors(matrix: np.ndarray, chain: Chain, values, columns=None, row_inside=None,
                    column_inside=None) -> tuple:
     """``(‖matrix‖, inside, total)``: the norm of ``matrix`` and the error
-    ``‖matrix[:, columns] − X_1⋯X_L‖_F`` over the entries inside (rows and columns marked
-    by ``row_inside``/``column_inside``, default all) and over all entries.
+    ``‖matrix[:, columns] − X_1⋯X_L‖_F`` over the entries inside (rows and columns of the
+    product marked by ``row_inside``/``column_inside``, default all) and over all
+    entries.
 
     One pass over ``matrix``: the product is fused into two factors at the split where
     they are smallest (``O(N^1.5)`` values for a square butterfly), and every entry of
@@ -372,18 +373,13 @@ def product_errors(matrix: np.ndarray, chain: Chain, values, columns=None, row_i
         right = fuse_values(chain, values, split_at, len(chain))
         left = np.ascontiguousarray(left.reshape(b1, c1 * rank, m // b1))
         right = np.ascontiguousarray(right.reshape(c1, rank * (m // b1), c2))
-    inverse = np.empty(n, dtype=np.int64)
-    inverse[columns] = np.arange(n)  # column c of matrix meets column inverse[c] of the product
-    if not np.all(column_inside):  # given per product column: read per matrix column
-        column_inside = np.ascontiguousarray(column_inside[inverse])
     parallel, n_chunks = _chunks(matrix.size, m // b1, PRODUCT_PARALLEL_MIN_SIZE)
     kernel = _error_kernels.product_error_parallel if parallel else _error_kernels.product_error_serial
     sums = np.zeros((n_chunks, 3))
     exponents = np.zeros(n_chunks, dtype=np.int64)
-    groups = inverse // (n // c1)
     column_inside = column_inside.astype(np.float64)  # 1.0 / 0.0: a branch-free split
-    kernel(matrix, inverse, groups, row_inside, column_inside, left, right, b1, c1, rank, work,
-           n_chunks, sums, exponents)
+    kernel(matrix, columns, row_inside, column_inside, left, right, b1, c1, rank, work, n_chunks,
+           sums, exponents)
     norm = _sum_scaled(sums[:, 0], exponents)
     inside = _sum_scaled(sums[:, 1], exponents)
     total = _sum_scaled(sums[:, 1] + sums[:, 2], exponents)

@@ -711,6 +711,15 @@ def test_product_errors_match_the_dense_difference(rng, dtype, chain, permuted):
         assert inside == total
         rounding = 1e-13 if np.dtype(dtype) == np.dtype(wide) else 1e-6
         assert total == pytest.approx(np.linalg.norm(difference), rel=1e-10, abs=rounding * norm)
+        # rows and columns of the product marked inside (the rest: e.g. zero padding)
+        row_inside = rng.random(exact.shape[0]) < 0.7
+        column_inside = rng.random(exact.shape[1]) < 0.7
+        _, inside, total = product_errors(Z, chain, [f.values for f in factors], columns,
+                                          row_inside, column_inside)
+        mask = np.outer(row_inside, column_inside)
+        assert total == pytest.approx(np.linalg.norm(difference), rel=1e-10, abs=rounding * norm)
+        assert inside == pytest.approx(np.linalg.norm(difference[mask]), rel=1e-10,
+                                       abs=rounding * norm)
 
 
 @pytest.mark.parametrize("n", [64, 256])
