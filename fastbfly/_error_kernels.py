@@ -1772,6 +1772,20 @@ def _row_error2_in_order(matrix, row, coefficients, shared, c1, c2, rank, zero):
 
 
 @_kernel()
+def _product_row(coefficients, shared, c1, c2, rank, zero, product):
+    """``product[g*C2 + k] = Σ_ρ coefficients[g*r + ρ] · shared[ρ, g*C2 + k]``: a row of
+    the product in its columns' order, in double precision (``zero`` promotes
+    single-precision values)."""
+    for group in range(c1):
+        first = group * c2
+        for k in range(c2):
+            value = (coefficients[group * rank] + zero) * shared[0, first + k]
+            for rho in range(1, rank):
+                value += (coefficients[group * rank + rho] + zero) * shared[rho, first + k]
+            product[first + k] = value
+
+
+@_kernel()
 def _gather_row_ahead(matrix, row, ahead, columns, target):
     """``target[0, p] = matrix[row, columns[p]]``, after reading row ``ahead`` (if
     ``>= 0``) in order, one entry per cache line (see `_gather_py`: the next row then
@@ -1890,36 +1904,27 @@ def _product_error_py(matrix, columns, row_inside, column_inside, left, right, b
                     norm2, inside2 = _row_error2_in_order(source, line, coefficients, shared,
                                                           c1, c2, rank, zero)
                 else:
-                    for group in range(c1):
-                        for k in range(c2):
-                            c = group * c2 + k
-                            value = (coefficients[group * rank] + zero) * shared[0, c]
-                            for rho in range(1, rank):
-                                value += (coefficients[group * rank + rho] + zero) * shared[rho, c]
-                            entry = source[line, c] + zero
-                            norm2 += _abs2(entry)
-                            error2 = _abs2(entry - value)
-                            # branch-free split between inside and outside
-                            inside = all_inside * column_inside[c]
-                            inside2 += inside * error2
-                            outside2 += (1.0 - inside) * error2
+                    _product_row(coefficients, shared, c1, c2, rank, zero, product)
+                    for c in range(n):
+                        entry = source[line, c] + zero
+                        norm2 += _abs2(entry)
+                        error2 = _abs2(entry - product[c])
+                        # branch-free split between inside and outside
+                        inside = all_inside * column_inside[c]
+                        inside2 += inside * error2
+                        outside2 += (1.0 - inside) * error2
                 largest = max(norm2, inside2 + outside2)
                 if SAFE_SUM_LOW <= largest <= SAFE_SUM_HIGH:
                     exponent = _add_scaled(sums, exponent, norm2, inside2, outside2, 0)
                     continue
                 # Slow path (extreme magnitudes, or an all-zero row): the row again,
                 # rescaled by a power of two before squaring.
+                _product_row(coefficients, shared, c1, c2, rank, zero, product)
                 biggest = 0.0
-                for group in range(c1):
-                    for k in range(c2):
-                        c = group * c2 + k
-                        value = (coefficients[group * rank] + zero) * shared[0, c]
-                        for rho in range(1, rank):
-                            value += (coefficients[group * rank + rho] + zero) * shared[rho, c]
-                        product[c] = value
-                        entry = source[line, c] + zero
-                        biggest = max(biggest, abs(entry.real), abs(entry.imag),
-                                      abs(value.real), abs(value.imag))
+                for c in range(n):
+                    entry = source[line, c] + zero
+                    biggest = max(biggest, abs(entry.real), abs(entry.imag),
+                                  abs(product[c].real), abs(product[c].imag))
                 if biggest == 0.0:
                     continue
                 row_exponent = 0
