@@ -1675,36 +1675,44 @@ def _split_errors_rank_r_py(matrix, columns, b1, c1, rank, chunk_norm2, chunk_re
 split_errors_rank_r_serial = _jit(_split_errors_rank_r_py, "_serial")
 
 
+@_kernel()
+def _gather_row_ahead(matrix, row, ahead, columns, target, target_row):
+    """``target[target_row, p] = matrix[row, columns[p]]``, after reading row ``ahead``
+    (if ``>= 0``) in order, one entry per cache line; returns the sum of the entries
+    read ahead, so that the reads stay.
+
+    Read in a permuted order (bit reversal: lines 2048 entries apart), a row's lines
+    each wait for memory, since the hardware prefetcher follows only runs of nearby
+    lines; read in order, the next row's lines stream in while this one is permuted
+    from cache.  N = 4096 complex128 with bit reversal, the whole matrix into written
+    memory (`_gather_py`): 43 -> 27 ms on one thread, 23 -> 13 ms on two (a copy takes
+    13 ms)."""
+    n = matrix.shape[1]
+    total = 0.0
+    if ahead >= 0:
+        line = max(1, 64 // matrix.itemsize)  # one entry per 64-byte line
+        for k in range(0, n, line):
+            total += matrix[ahead, k].real
+    for p in range(columns.shape[0]):
+        target[target_row, p] = matrix[row, columns[p]]
+    return total
+
+
 def _gather_py(matrix, rows, columns, out, n_chunks):
     """``out[i, j] = matrix[rows[i], columns[j]]`` (indices valid: checked by the
-    caller), the rows in ``n_chunks`` chunks.  A row of ``matrix`` stays in cache
-    while it is gathered, and ``out`` is written in order: several times faster than
-    ``numpy.take`` along the columns.
-
-    Before gathering a row, the next row of the chunk is read in order, one entry per
-    cache line: read in a permuted order (bit reversal: lines 2048 entries apart), a
-    row's lines each wait for memory, since the hardware prefetcher follows only runs
-    of nearby lines; read in order, they stream.  N = 4096 complex128 with bit
-    reversal, into written memory: 43 -> 27 ms on one thread, 23 -> 13 ms on two (a
-    copy takes 13 ms).  Returns the sum of the lines read, so that the reads stay."""
+    caller), the rows in ``n_chunks`` chunks, each row by `_gather_row_ahead` (which
+    reads the chunk's next row ahead).  A row of ``matrix`` stays in cache while it is
+    gathered, and ``out`` is written in order: several times faster than
+    ``numpy.take`` along the columns.  Returns the sum of the entries read ahead."""
     m = rows.shape[0]
-    n = matrix.shape[1]
-    # one entry per 64-byte line (itemsize 4 to 16)
-    line = max(1, 64 // matrix.itemsize)
     sums = np.zeros(n_chunks)
     for chunk in prange(n_chunks):
         first = chunk * m // n_chunks
         stop = (chunk + 1) * m // n_chunks
         total = 0.0
         for i in range(first, stop):
-            if i + 1 < stop:
-                ahead = matrix[rows[i + 1]]
-                for j in range(0, n, line):
-                    total += ahead[j].real
-            source = matrix[rows[i]]
-            target = out[i]
-            for j in range(columns.shape[0]):
-                target[j] = source[columns[j]]
+            ahead = rows[i + 1] if i + 1 < stop else -1
+            total += _gather_row_ahead(matrix, rows[i], ahead, columns, out, i)
         sums[chunk] = total
     return sums.sum()
 
@@ -1783,23 +1791,6 @@ def _product_row(coefficients, shared, c1, c2, rank, zero, product):
             for rho in range(1, rank):
                 value += (coefficients[group * rank + rho] + zero) * shared[rho, first + k]
             product[first + k] = value
-
-
-@_kernel()
-def _gather_row_ahead(matrix, row, ahead, columns, target):
-    """``target[0, p] = matrix[row, columns[p]]``, after reading row ``ahead`` (if
-    ``>= 0``) in order, one entry per cache line (see `_gather_py`: the next row then
-    streams in while this one is permuted from cache).  Returns the sum of the entries
-    read ahead, so that the reads stay."""
-    n = matrix.shape[1]
-    total = 0.0
-    if ahead >= 0:
-        line = max(1, 64 // matrix.itemsize)
-        for k in range(0, n, line):
-            total += matrix[ahead, k].real
-    for p in range(n):
-        target[0, p] = matrix[row, columns[p]]
-    return total
 
 
 def _product_error_py(matrix, columns, row_inside, column_inside, left, right, b1, c1, rank,
@@ -1893,7 +1884,8 @@ def _product_error_py(matrix, columns, row_inside, column_inside, left, right, b
                         ahead = j2 + 1 if j2 + 1 < stop_j2 else -1
                     source = gathered
                     line = 0
-                    read_ahead[chunk] += _gather_row_ahead(matrix, row, ahead, columns, gathered)
+                    read_ahead[chunk] += _gather_row_ahead(matrix, row, ahead, columns,
+                                                           gathered, 0)
                 all_inside = 1.0 if row_inside[row] else 0.0
                 # Fast path: the sums as they come, accepted when their size shows that
                 # no square overflowed and none that matters vanished.
